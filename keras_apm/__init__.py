@@ -1,3 +1,15 @@
-"""keras_apm: the Asynchronous Perception Machine for Keras 3."""
+"""keras_apm: the Asynchronous Perception Machine for Keras 3.
+
+Example:
+```python
+import keras_apm
+model = keras_apm.APM.from_preset("apm_tiny_digits")
+outputs = model(images)  # {"features": (B, h, w, D), "rgb": ..., ...}
+```
+"""
+
+from keras_apm import layers
+from keras_apm.models.apm import APM
+from keras_apm.models.apm import APMImageConverter
 
 __version__ = "0.1.0"

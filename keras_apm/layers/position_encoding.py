@@ -1,0 +1,99 @@
+"""The fixed 2-D sine/cosine position code of the official APM."""
+
+import keras
+from keras import ops
+
+
+def grid_locations(grid_shape):
+    """Integer `(y, x)` locations of an `(h, w)` grid, row-major.
+
+    Args:
+        grid_shape: `(h, w)` tuple of ints.
+
+    Returns:
+        A float32 tensor of shape `(h * w, 2)`; row `y * w + x` is `(y, x)`.
+
+    Example:
+    >>> grid_locations((2, 3))[4]  # (y=1, x=1)
+    """
+    h, w = int(grid_shape[0]), int(grid_shape[1])
+    ys = ops.repeat(ops.arange(h, dtype="float32"), w)
+    xs = ops.tile(ops.arange(w, dtype="float32"), [h])
+    return ops.stack([ys, xs], axis=-1)
+
+
+def sincos_position_encoding_2d(locations, dim):
+    """Evaluates the official 2-D sinusoidal code at `(y, x)` locations.
+
+    With `e = dim / 2` and `r_k = 10000 ** (-2k / e)` for `k < e / 2`, channel
+    `2k` is `sin(x r_k)`, `2k + 1` is `cos(x r_k)`, `e + 2k` is `sin(y r_k)` and
+    `e + 2k + 1` is `cos(y r_k)`. Locations may be fractional, which is what
+    makes APM's field continuous.
+
+    Args:
+        locations: float tensor `(..., 2)` of `(y, x)` in grid units.
+        dim: int, the code width; must be divisible by 4.
+
+    Returns:
+        A float32 tensor `(..., dim)`.
+
+    Example:
+    >>> codes = sincos_position_encoding_2d(grid_locations((32, 32)), 1024)
+    """
+    if dim % 4 != 0:
+        raise ValueError(
+            "The 2-D sine/cosine position code needs a width divisible by 4. "
+            f"Received: dim={dim}"
+        )
+    # Computed in float32 whatever the dtype policy: bf16 would round the
+    # phase of high-frequency channels badly for grids of 32 and more.
+    locations = ops.cast(locations, "float32")
+    half = dim // 2
+    rates = ops.power(
+        10000.0, -2.0 * ops.arange(half // 2, dtype="float32") / float(half)
+    )
+    y = locations[..., 0:1] * rates
+    x = locations[..., 1:2] * rates
+
+    def interleave(angles):
+        # (..., half/2) sin and cos -> (..., half) as sin, cos, sin, cos ...
+        pairs = ops.stack([ops.sin(angles), ops.cos(angles)], axis=-1)
+        return ops.reshape(pairs, ops.shape(angles)[:-1] + (half,))
+
+    return ops.concatenate([interleave(x), interleave(y)], axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="keras_apm")
+class SinCosPositionEncoding2D(keras.layers.Layer):
+    """Layer form of `sincos_position_encoding_2d` (no weights).
+
+    Args:
+        dim: int, the code width, divisible by 4.
+
+    Example:
+    >>> layer = SinCosPositionEncoding2D(64)
+    >>> layer(grid_locations((8, 8))).shape
+    (64, 64)
+    """
+
+    def __init__(self, dim, **kwargs):
+        super().__init__(**kwargs)
+        if int(dim) % 4 != 0:
+            raise ValueError(
+                "`SinCosPositionEncoding2D` needs `dim` divisible by 4. "
+                f"Received: dim={dim}"
+            )
+        self.dim = int(dim)
+        self.built = True
+
+    def call(self, locations):
+        codes = sincos_position_encoding_2d(locations, self.dim)
+        return ops.cast(codes, self.compute_dtype)
+
+    def compute_output_shape(self, locations_shape):
+        return tuple(locations_shape[:-1]) + (self.dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"dim": self.dim})
+        return config

@@ -1,0 +1,72 @@
+"""The unfold step: one trigger column -> one query per location."""
+
+import keras
+from keras import ops
+
+from keras_apm.layers.position_encoding import sincos_position_encoding_2d
+
+
+@keras.saving.register_keras_serializable(package="keras_apm")
+class QueryUnfold(keras.layers.Layer):
+    """Builds the queries `[T ; PE(y, x)]` for a set of locations.
+
+    No location sees another: each query is the image's trigger column next to
+    the position code of its own location. This is the direct (memory-hungry)
+    form; `PerceptionMLP.split_call` computes the same thing without ever
+    materialising the queries.
+
+    Args:
+        position_dim: int, the width `d` of the position code (divisible by 4).
+
+    Call args:
+        trigger: `(B, n)` trigger columns.
+        locations: `(L, 2)` `(y, x)` locations, integer or fractional.
+
+    Returns:
+        `(B, L, n + d)` queries.
+
+    Example:
+    >>> unfold = QueryUnfold(position_dim=64)
+    >>> unfold(np.zeros((2, 64)), grid_locations((8, 8))).shape
+    (2, 64, 128)
+    """
+
+    def __init__(self, position_dim, **kwargs):
+        super().__init__(**kwargs)
+        if int(position_dim) % 4 != 0:
+            raise ValueError(
+                "`position_dim` must be divisible by 4. "
+                f"Received: position_dim={position_dim}"
+            )
+        self.position_dim = int(position_dim)
+        self.built = True
+
+    def position_codes(self, locations):
+        """The `(L, d)` position codes of `locations`, in the compute dtype."""
+        codes = sincos_position_encoding_2d(locations, self.position_dim)
+        return ops.cast(codes, self.compute_dtype)
+
+    def call(self, trigger, locations):
+        trigger = ops.cast(trigger, self.compute_dtype)
+        codes = self.position_codes(locations)
+        batch = ops.shape(trigger)[0]
+        num_locations = ops.shape(codes)[0]
+        trigger = ops.broadcast_to(
+            trigger[:, None, :],
+            (batch, num_locations, ops.shape(trigger)[-1]),
+        )
+        codes = ops.broadcast_to(
+            codes[None], (batch, num_locations, self.position_dim)
+        )
+        return ops.concatenate([trigger, codes], axis=-1)
+
+    def compute_output_shape(self, trigger_shape, locations_shape):
+        width = None if trigger_shape[-1] is None else (
+            trigger_shape[-1] + self.position_dim
+        )
+        return (trigger_shape[0], locations_shape[0], width)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"position_dim": self.position_dim})
+        return config

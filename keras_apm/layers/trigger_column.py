@@ -1,0 +1,81 @@
+"""The column module: squeezes a whole image into one trigger column."""
+
+import keras
+from keras import ops
+
+from keras_apm.utils.validation import check_image_batch
+
+
+@keras.saving.register_keras_serializable(package="keras_apm")
+class TriggerColumn(keras.layers.Layer):
+    """Strided convolution that turns an image into the trigger column T.
+
+    The official column is a `Conv2d(3 -> 1, kernel=p, stride=p)` whose `(h, w)`
+    map is flattened row-major (index `y * w + x`). With `channels > 1` the
+    flattening order is `(y, x, channel)`.
+
+    Args:
+        patch_size: int, kernel size and stride `p`.
+        channels: int, output channels of the convolution (official: 1).
+        kernel_initializer, bias_initializer: Keras initializers.
+
+    Example:
+    >>> column = TriggerColumn(patch_size=14)
+    >>> column(np.zeros((2, 448, 448, 3), "float32")).shape
+    (2, 1024)
+    """
+
+    def __init__(
+        self,
+        patch_size,
+        channels=1,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.patch_size = int(patch_size)
+        self.channels = int(channels)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.conv = keras.layers.Conv2D(
+            self.channels,
+            self.patch_size,
+            strides=self.patch_size,
+            padding="valid",
+            data_format="channels_last",
+            kernel_initializer=self.kernel_initializer,
+            bias_initializer=self.bias_initializer,
+            dtype=self.dtype_policy,
+            name="conv",
+        )
+
+    def build(self, images_shape):
+        check_image_batch(images_shape, patch_size=self.patch_size)
+        self.conv.build(images_shape)
+        self.built = True
+
+    def call(self, images):
+        x = self.conv(images)
+        return ops.reshape(x, (ops.shape(x)[0], -1))
+
+    def compute_output_shape(self, images_shape):
+        h = images_shape[1] // self.patch_size
+        w = images_shape[2] // self.patch_size
+        return (images_shape[0], h * w * self.channels)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "patch_size": self.patch_size,
+                "channels": self.channels,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "bias_initializer": keras.initializers.serialize(
+                    self.bias_initializer
+                ),
+            }
+        )
+        return config

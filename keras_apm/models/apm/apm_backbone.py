@@ -1,0 +1,298 @@
+"""The Asynchronous Perception Machine as a keras-hub `Backbone`."""
+
+import keras
+from keras import ops
+from keras_hub.models import Backbone
+
+from keras_apm.layers.attention_pool import AttentionPoolHead
+from keras_apm.layers.perception_field import PerceptionField
+from keras_apm.layers.perception_mlp import PerceptionMLP
+from keras_apm.layers.trigger_column import TriggerColumn
+from keras_apm.models.apm import apm_preset_loading
+from keras_apm.utils.validation import check_finite
+from keras_apm.utils.validation import check_float_dtype
+from keras_apm.utils.validation import check_image_batch
+from keras_apm.utils.validation import check_locations
+
+
+@keras.saving.register_keras_serializable(package="keras_apm")
+class APM(Backbone):
+    """Asynchronous Perception Machine (Modi & Rawat, NeurIPS 2024).
+
+    The column module squeezes the whole image into one trigger column `T`
+    (a strided convolution, flattened). `T` unfolds into one query per grid
+    location, `[T ; PE(y, x)]`, and one shared MLP answers every query on its
+    own: a feature vector per location (distilled from a ViT teacher), an
+    optional RGB decode, and optionally one global vector from an
+    attention-pool head over the feature grid.
+
+    Calling the model on `(B, H, W, C)` float images returns a dict:
+    `"features"` `(B, h, w, D)`; `"rgb"` `(B, h, w, 3)` if `rgb_head`;
+    `"levels"` `(B, num_levels, h, w, D)` if `num_levels > 1` (the last level
+    is `"features"`); `"global"` `(B, D)` if `global_head`.
+    `evaluate_locations` answers any set of (fractional) locations.
+
+    Args:
+        image_shape: `(H, W, C)`; `H` and `W` divisible by `patch_size`.
+        patch_size: int, kernel and stride of the column convolution.
+        trunk_widths: tuple, hidden widths of the shared MLP's trunk.
+        feature_dim: int, width `D` of the features.
+        position_dim: int divisible by 4, width of the position code; default
+            the trigger column's length (the official choice, `d = n`).
+        column_channels: int, output channels of the column convolution.
+        num_levels: int, feature heads (GLOM levels), default 1.
+        rgb_head: bool, whether the RGB head exists.
+        rgb_widths: tuple, hidden widths of the RGB head.
+        rgb_activation: final activation of the RGB head (official `"relu"`).
+        global_head: bool, whether the attention-pool global head exists.
+        global_num_heads: int, attention heads of the global head.
+        chunk_size: int or None, locations per MLP call (None: all at once).
+        fast_path: bool, compute the trigger column's share of the first
+            layer once per image (exact algebra) instead of building queries.
+        dtype: dtype policy, e.g. `"float32"` or `"mixed_bfloat16"`.
+
+    Example:
+    ```python
+    model = keras_apm.APM(
+        image_shape=(32, 32, 3), patch_size=4, trunk_widths=(128, 64),
+        feature_dim=32, global_head=True, global_num_heads=4,
+    )
+    out = model(np.random.rand(2, 32, 32, 3).astype("float32"))
+    out["features"].shape  # (2, 8, 8, 32)
+    ```
+    """
+
+    def __init__(
+        self,
+        image_shape=(448, 448, 3),
+        patch_size=14,
+        trunk_widths=(4096, 2048, 1024),
+        feature_dim=768,
+        position_dim=None,
+        column_channels=1,
+        num_levels=1,
+        rgb_head=True,
+        rgb_widths=(256, 256),
+        rgb_activation="relu",
+        global_head=False,
+        global_num_heads=8,
+        chunk_size=None,
+        fast_path=True,
+        dtype=None,
+        **kwargs,
+    ):
+        image_shape = tuple(int(d) for d in image_shape)
+        if len(image_shape) != 3:
+            raise ValueError(
+                "`image_shape` must be (height, width, channels). "
+                f"Received: image_shape={image_shape}"
+            )
+        check_image_batch((None,) + image_shape, patch_size=int(patch_size))
+        grid_shape = (image_shape[0] // patch_size, image_shape[1] // patch_size)
+        trigger_dim = grid_shape[0] * grid_shape[1] * int(column_channels)
+        if position_dim is None:
+            position_dim = trigger_dim
+        if int(position_dim) % 4:
+            raise ValueError(
+                "`position_dim` must be divisible by 4 (it defaults to the "
+                f"trigger length h*w*column_channels = {trigger_dim}). "
+                f"Received: position_dim={position_dim}"
+            )
+        if global_head and int(feature_dim) % 4:
+            raise ValueError(
+                "The global head adds a sine/cosine code of width "
+                f"feature_dim, which must be divisible by 4. Received "
+                f"feature_dim={feature_dim}"
+            )
+
+        # === Layers ===
+        self.column = TriggerColumn(
+            patch_size, channels=column_channels, dtype=dtype, name="column"
+        )
+        self.field = PerceptionField(
+            grid_shape=grid_shape,
+            position_dim=position_dim,
+            mlp=PerceptionMLP(
+                trunk_widths=trunk_widths,
+                feature_dim=feature_dim,
+                num_levels=num_levels,
+                rgb_head=rgb_head,
+                rgb_widths=rgb_widths,
+                rgb_activation=rgb_activation,
+                dtype=dtype,
+                name="mlp",
+            ),
+            chunk_size=chunk_size,
+            fast_path=fast_path,
+            dtype=dtype,
+            name="field",
+        )
+        self.global_pool = (
+            AttentionPoolHead(global_num_heads, dtype=dtype, name="global_head")
+            if global_head
+            else None
+        )
+
+        # === Functional model ===
+        images = keras.Input(shape=image_shape, name="images")
+        trigger = self.column(images)
+        answers = self.field(trigger)
+        outputs = self._to_grid(answers, grid_shape)
+        if self.global_pool is not None:
+            outputs["global"] = self.global_pool(outputs["features"])
+        super().__init__(inputs=images, outputs=outputs, dtype=dtype, **kwargs)
+
+        # === Config ===
+        self.image_shape = image_shape
+        self.patch_size = int(patch_size)
+        self.trunk_widths = tuple(int(w) for w in trunk_widths)
+        self.feature_dim = int(feature_dim)
+        self.position_dim = int(position_dim)
+        self.column_channels = int(column_channels)
+        self.num_levels = int(num_levels)
+        self.rgb_head = bool(rgb_head)
+        self.rgb_widths = tuple(int(w) for w in rgb_widths)
+        self.rgb_activation = rgb_activation
+        self.global_head = bool(global_head)
+        self.global_num_heads = int(global_num_heads)
+        self.chunk_size = self.field.chunk_size
+        self.fast_path = bool(fast_path)
+        self.grid_shape = grid_shape
+        # Reading values back costs a device sync, so the NaN/Inf check on
+        # eager calls is opt-in: `model.check_finite = True`.
+        self.check_finite = False
+
+    @staticmethod
+    def _to_grid(answers, grid_shape):
+        h, w = grid_shape
+        grid = {}
+        for key, value in answers.items():
+            if key == "levels":
+                # (B, n, L, D) -> (B, L, h, w, D)
+                levels, dim = value.shape[-2], value.shape[-1]
+                value = ops.reshape(value, (-1, h, w, levels, dim))
+                grid[key] = ops.transpose(value, (0, 3, 1, 2, 4))
+            else:
+                grid[key] = ops.reshape(value, (-1, h, w, value.shape[-1]))
+        return grid
+
+    # --- input checks -----------------------------------------------------
+    def _check_images(self, images):
+        check_image_batch(
+            images, patch_size=self.patch_size, image_shape=self.image_shape
+        )
+        check_float_dtype(images)
+        if self.check_finite:
+            check_finite(images)
+
+    def __call__(self, images, *args, **kwargs):
+        # Keras' own input-spec errors name layers, not shapes; ours say what
+        # an APM expects. Skipped for the symbolic tensors of model building.
+        if not isinstance(images, keras.KerasTensor) and not isinstance(
+            images, dict
+        ):
+            self._check_images(images)
+        return super().__call__(images, *args, **kwargs)
+
+    # --- the asynchronous interface ---------------------------------------
+    def trigger_column(self, images):
+        """The `(B, n)` trigger columns of a batch of images.
+
+        Example:
+        >>> trigger = model.trigger_column(images)  # once per image
+        """
+        self._check_images(images)
+        return self.column(ops.convert_to_tensor(images))
+
+    def evaluate_locations(
+        self, images=None, locations=None, trigger=None, chunk_size="default"
+    ):
+        """Answers any set of locations, in any order, `chunk_size` at a time.
+
+        The trigger column is computed once per image (or passed in), then
+        each location's query is answered independently, so the result does
+        not depend on the order of `locations` or on `chunk_size`.
+
+        Args:
+            images: `(B, H, W, C)` float images, or None if `trigger` is given.
+            locations: `(L, 2)` `(y, x)` in grid units, integer or fractional,
+                with `0 <= y <= h - 1` and `0 <= x <= w - 1`. Default: the
+                whole grid, row-major.
+            trigger: `(B, n)` trigger columns from `trigger_column`.
+            chunk_size: locations per MLP call; `"default"` uses the model's,
+                None evaluates all locations in one call.
+
+        Returns:
+            dict with `"features"` `(B, L, D)`, `"rgb"` `(B, L, 3)` if the RGB
+            head exists and `"levels"` `(B, L, num_levels, D)` if several.
+
+        Example:
+        ```python
+        locations = np.array([[0.5, 3.25], [7, 0]], "float32")
+        out = model.evaluate_locations(images, locations, chunk_size=1)
+        out["features"].shape  # (B, 2, D)
+        ```
+        """
+        if (images is None) == (trigger is None):
+            raise ValueError(
+                "Pass exactly one of `images` (B, H, W, C) or `trigger` "
+                f"(B, n). Received images={'set' if images is not None else None}"
+                f", trigger={'set' if trigger is not None else None}."
+            )
+        if trigger is None:
+            trigger = self.trigger_column(images)
+        else:
+            n = self.grid_shape[0] * self.grid_shape[1] * self.column_channels
+            shape = tuple(trigger.shape)
+            if len(shape) != 2 or shape[1] != n:
+                raise ValueError(
+                    f"Expected trigger columns of shape (batch, {n}). "
+                    f"Received shape {shape}."
+                )
+        if locations is None:
+            return self.field(trigger, chunk_size=chunk_size)
+        check_locations(locations, self.grid_shape)
+        locations = ops.cast(ops.convert_to_tensor(locations), "float32")
+        return self.field(trigger, locations=locations, chunk_size=chunk_size)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "image_shape": self.image_shape,
+                "patch_size": self.patch_size,
+                "trunk_widths": self.trunk_widths,
+                "feature_dim": self.feature_dim,
+                "position_dim": self.position_dim,
+                "column_channels": self.column_channels,
+                "num_levels": self.num_levels,
+                "rgb_head": self.rgb_head,
+                "rgb_widths": self.rgb_widths,
+                "rgb_activation": self.rgb_activation,
+                "global_head": self.global_head,
+                "global_num_heads": self.global_num_heads,
+                "chunk_size": self.chunk_size,
+                "fast_path": self.fast_path,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """Loads an APM from a preset: a built-in name, a `kaggle://` or
+        `hf://` handle, or a local directory.
+
+        The preset is checked first: a local directory must hold a readable
+        `config.json` and weights whose tensors match the model exactly, and
+        a download that fails names the handle.
+
+        Example:
+        ```python
+        model = keras_apm.APM.from_preset("apm_tiny_digits")
+        model = keras_apm.APM.from_preset("./my_converted_apm")
+        ```
+        """
+        return apm_preset_loading.load_backbone(
+            cls, super().from_preset, preset, load_weights, **kwargs
+        )
+

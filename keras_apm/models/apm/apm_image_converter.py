@@ -1,0 +1,129 @@
+"""Image converter of APM presets: resize, scale, channel order."""
+
+import keras
+from keras import ops
+from keras_hub.layers import ImageConverter
+from keras_hub.src.utils.tensor_utils import in_tf_function
+
+from keras_apm.models.apm.apm_backbone import APM
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SCALINGS = ("minmax", "imagenet", "unit", "none")
+CHANNEL_ORDERS = ("rgb", "bgr")
+
+
+@keras.saving.register_keras_serializable(package="keras_apm")
+class APMImageConverter(ImageConverter):
+    """Turns raw RGB images (values 0..255) into an APM's input.
+
+    Resizes to `image_size` (no crop by default: the official code resizes
+    straight to 448x448), then scales:
+    - `"minmax"`: each image to `[0, 1]` by its own min and max (official
+      COCO recipe); a constant image becomes zeros;
+    - `"imagenet"`: `x / 255` then ImageNet mean/std (official TTT recipe);
+    - `"unit"`: `x / 255`; `"none"`: unchanged.
+    Finally `channel_order="bgr"` reverses the channels (the official COCO
+    model reads images with OpenCV, so its column sees BGR). With
+    `"imagenet"` the statistics are applied in RGB order before the flip.
+
+    Works eagerly on every backend and inside `tf.data` pipelines; it is
+    saved in and loaded from an APM preset (`image_converter.json`).
+
+    Args:
+        image_size: `(height, width)`.
+        scaling: one of `"minmax"`, `"imagenet"`, `"unit"`, `"none"`.
+        channel_order: `"rgb"` or `"bgr"`.
+        crop_to_aspect_ratio, interpolation, antialias: as in
+            `keras_hub.layers.ImageConverter`.
+
+    Example:
+    ```python
+    converter = keras_apm.APMImageConverter((448, 448), scaling="minmax",
+                                            channel_order="bgr")
+    x = converter(np.random.randint(0, 256, (2, 480, 640, 3)))
+    x.shape  # (2, 448, 448, 3)
+    ```
+    """
+
+    backbone_cls = APM
+
+    def __init__(
+        self,
+        image_size=None,
+        scaling="unit",
+        channel_order="rgb",
+        crop_to_aspect_ratio=False,
+        interpolation="bilinear",
+        antialias=False,
+        **kwargs,
+    ):
+        if scaling not in SCALINGS:
+            raise ValueError(
+                f"`scaling` must be one of {SCALINGS}. Received: {scaling!r}"
+            )
+        if channel_order not in CHANNEL_ORDERS:
+            raise ValueError(
+                f"`channel_order` must be one of {CHANNEL_ORDERS}. "
+                f"Received: {channel_order!r}"
+            )
+        # Affine scalings go through the parent's scale/offset (fast, and
+        # tf.data-safe); minmax needs per-image statistics, done below.
+        scale = offset = None
+        if scaling == "unit":
+            scale = 1.0 / 255.0
+        elif scaling == "imagenet":
+            scale = [1.0 / (255.0 * s) for s in IMAGENET_STD]
+            offset = [-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]
+        kwargs.pop("scale", None)
+        kwargs.pop("offset", None)
+        super().__init__(
+            image_size=image_size,
+            scale=scale,
+            offset=offset,
+            crop_to_aspect_ratio=crop_to_aspect_ratio,
+            interpolation=interpolation,
+            antialias=antialias,
+            **kwargs,
+        )
+        self.scaling = scaling
+        self.channel_order = channel_order
+
+    def _call_python(self, inputs):
+        x = super()._call_python(inputs)
+        if self.scaling != "minmax" and self.channel_order == "rgb":
+            return x
+        if in_tf_function():
+            # Inside tf.data / tf.function the tensors are TensorFlow's
+            # whatever the Keras backend is.
+            import tensorflow as tf
+
+            cast, amin, amax, flip = (
+                tf.cast,
+                tf.reduce_min,
+                tf.reduce_max,
+                lambda t: tf.reverse(t, [-1]),
+            )
+        else:
+            cast, amin, amax = ops.cast, ops.min, ops.max
+            flip = lambda t: ops.flip(t, axis=-1)  # noqa: E731
+        if self.scaling == "minmax":
+            x = cast(x, self.compute_dtype)
+            # Per image: reduce over every axis but the batch axis.
+            axes = tuple(range(len(x.shape) - 3, len(x.shape)))
+            lo = amin(x, axis=axes, keepdims=True)
+            hi = amax(x, axis=axes, keepdims=True)
+            span = hi - lo
+            x = (x - lo) / (span + cast(span <= 0, x.dtype))
+        if self.channel_order == "bgr":
+            x = flip(x)
+        return x
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("scale", None)
+        config.pop("offset", None)
+        config.update(
+            {"scaling": self.scaling, "channel_order": self.channel_order}
+        )
+        return config

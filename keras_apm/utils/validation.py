@@ -1,0 +1,132 @@
+"""Input checks shared by the layers, the model and the tools.
+
+Every message says what was expected and what was given.
+"""
+
+import numpy as np
+import keras
+from keras import ops
+
+
+def _static_shape(x):
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        shape = np.shape(x)
+    return tuple(None if d is None else int(d) for d in shape)
+
+
+def check_image_batch(shape_or_images, patch_size=None, image_shape=None):
+    """Checks rank, channels and size of an image batch `(B, H, W, C)`.
+
+    Args:
+        shape_or_images: a shape tuple or anything with a `.shape`.
+        patch_size: if given, `H` and `W` must be divisible by it.
+        image_shape: if given, the expected `(H, W, C)`.
+
+    Raises:
+        ValueError: naming the expected and the received shape.
+    """
+    if isinstance(shape_or_images, (tuple, list)) and all(
+        d is None or isinstance(d, (int, np.integer)) for d in shape_or_images
+    ):
+        shape = tuple(shape_or_images)
+    else:
+        shape = _static_shape(shape_or_images)
+    if len(shape) != 4:
+        expected = (
+            f"(batch, {image_shape[0]}, {image_shape[1]}, {image_shape[2]})"
+            if image_shape
+            else "(batch, height, width, channels)"
+        )
+        raise ValueError(
+            f"Expected a rank-4 batch of channels-last images {expected}. "
+            f"Received a tensor of rank {len(shape)} with shape {shape}. "
+            "Add a batch axis with `x[None]` for a single image."
+        )
+    if image_shape is not None:
+        for axis, name in ((1, "height"), (2, "width"), (3, "channels")):
+            want, got = image_shape[axis - 1], shape[axis]
+            if want is not None and got is not None and want != got:
+                raise ValueError(
+                    f"Expected images of shape (batch, {image_shape[0]}, "
+                    f"{image_shape[1]}, {image_shape[2]}) (channels last). "
+                    f"Received shape {shape}: the {name} is {got}, not "
+                    f"{want}. Resize with the model's image converter."
+                )
+    if patch_size is not None:
+        for axis, name in ((1, "height"), (2, "width")):
+            if shape[axis] is not None and shape[axis] % patch_size:
+                raise ValueError(
+                    f"Image {name} must be divisible by the patch size "
+                    f"{patch_size}. Received shape {shape} ({name} "
+                    f"{shape[axis]} = {shape[axis] // patch_size} x "
+                    f"{patch_size} + {shape[axis] % patch_size})."
+                )
+
+
+def check_float_dtype(x, what="images"):
+    """Raises if `x` does not have a floating dtype."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        dtype = np.asarray(x).dtype
+    dtype = keras.backend.standardize_dtype(dtype)
+    if "float" not in dtype:
+        raise ValueError(
+            f"Expected floating-point {what} (float16, bfloat16, float32 or "
+            f"float64). Received dtype {dtype}. Convert integer images with "
+            "the model's image converter or `keras.ops.cast(x, 'float32')`."
+        )
+
+
+def check_finite(x, what="images"):
+    """Raises if a concrete `x` holds NaN or Inf.
+
+    Inside a traced function (jit, tf.function) the values cannot be read
+    back, so the check is skipped there: it guards eager calls.
+    """
+    try:
+        values = np.asarray(ops.convert_to_numpy(x), dtype="float32")
+    except Exception:  # a tracer or graph tensor: nothing to read.
+        return
+    bad = ~np.isfinite(values)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"Expected finite {what}. Received {int(bad.sum())} NaN/Inf "
+            f"values of {values.size} (first at index {first}: "
+            f"{values[first]})."
+        )
+
+
+def check_locations(locations, grid_shape):
+    """Checks `(L, 2)` `(y, x)` locations against an `(h, w)` grid.
+
+    Fractional locations are allowed anywhere in `[0, h - 1] x [0, w - 1]`.
+    """
+    shape = _static_shape(locations)
+    if len(shape) != 2 or shape[1] != 2:
+        raise ValueError(
+            "Expected locations of shape (num_locations, 2) holding (y, x). "
+            f"Received shape {shape}."
+        )
+    dtype = getattr(locations, "dtype", None)
+    if dtype is None:
+        dtype = np.asarray(locations).dtype
+    if keras.backend.standardize_dtype(dtype) == "bool":
+        raise ValueError("Expected numeric (y, x) locations. Received bool.")
+    try:
+        values = ops.convert_to_numpy(ops.cast(locations, "float32"))
+    except Exception:  # symbolic or traced: checked at trace time only.
+        return
+    if values.size == 0:
+        return
+    h, w = grid_shape
+    if not np.isfinite(values).all():
+        raise ValueError("Expected finite (y, x) locations. Received NaN/Inf.")
+    lo, hi = values.min(axis=0), values.max(axis=0)
+    if lo[0] < 0 or lo[1] < 0 or hi[0] > h - 1 or hi[1] > w - 1:
+        raise ValueError(
+            f"Locations must lie inside the {h}x{w} grid: 0 <= y <= {h - 1} "
+            f"and 0 <= x <= {w - 1}. Received y in [{lo[0]}, {hi[0]}] and x "
+            f"in [{lo[1]}, {hi[1]}]."
+        )
