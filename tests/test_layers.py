@@ -1,0 +1,169 @@
+"""Each APM layer on its own, against the spec's math."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_apm import layers
+from official_reference import official_position_code
+
+
+def to_np(x):
+    return ops.convert_to_numpy(x)
+
+
+def test_position_code_matches_spec_formula_on_the_grid():
+    h, w, d = 5, 7, 24
+    codes = to_np(layers.sincos_position_encoding_2d(layers.grid_locations((h, w)), d))
+    expected = official_position_code(d, h, w).reshape(d, h * w).T
+    np.testing.assert_allclose(codes, expected, atol=1e-6)
+
+
+def test_position_code_at_fractional_locations():
+    d = 16
+    loc = np.array([[0.5, 2.25], [3.0, 0.0]], "float32")
+    codes = to_np(layers.sincos_position_encoding_2d(loc, d))
+    e = d // 2
+    for row, (y, x) in zip(codes, loc):
+        for k in range(e // 2):
+            r = 10000.0 ** (-2 * k / e)
+            np.testing.assert_allclose(
+                row[[2 * k, 2 * k + 1, e + 2 * k, e + 2 * k + 1]],
+                [np.sin(x * r), np.cos(x * r), np.sin(y * r), np.cos(y * r)],
+                atol=1e-6,
+            )
+
+
+def test_grid_locations_are_row_major():
+    loc = to_np(layers.grid_locations((2, 3)))
+    np.testing.assert_array_equal(loc[4], [1, 1])
+    np.testing.assert_array_equal(loc[2], [0, 2])
+
+
+@pytest.mark.parametrize("dim", [6, 10])
+def test_position_code_needs_width_divisible_by_4(dim):
+    with pytest.raises(ValueError, match="divisible by 4"):
+        layers.SinCosPositionEncoding2D(dim)
+
+
+def test_trigger_column_is_a_strided_conv_flattened_row_major(rng):
+    images = rng.random((2, 12, 16, 3)).astype("float32")
+    column = layers.TriggerColumn(patch_size=4)
+    trigger = to_np(column(images))
+    assert trigger.shape == (2, 3 * 4)
+    kernel = to_np(column.conv.kernel)[..., 0]  # (p, p, 3)
+    bias = to_np(column.conv.bias)[0]
+    y, x = 2, 1
+    patch = images[1, y * 4 : y * 4 + 4, x * 4 : x * 4 + 4]
+    np.testing.assert_allclose(
+        trigger[1, y * 4 + x], (patch * kernel).sum() + bias, rtol=1e-5
+    )
+
+
+def test_trigger_column_with_several_channels(rng):
+    column = layers.TriggerColumn(patch_size=4, channels=3)
+    out = column(rng.random((1, 8, 8, 3)).astype("float32"))
+    assert tuple(out.shape) == (1, 2 * 2 * 3)
+
+
+def test_trigger_column_rejects_sizes_not_divisible_by_patch():
+    column = layers.TriggerColumn(patch_size=14)
+    with pytest.raises(ValueError, match="divisible by the patch size 14"):
+        column(np.zeros((1, 100, 112, 3), "float32"))
+
+
+def test_query_unfold_concatenates_trigger_and_code(rng):
+    trigger = rng.random((2, 8)).astype("float32")
+    loc = np.array([[0, 1], [1.5, 0.5], [2, 2]], "float32")
+    queries = to_np(layers.QueryUnfold(position_dim=8)(trigger, loc))
+    assert queries.shape == (2, 3, 16)
+    np.testing.assert_allclose(queries[1, 2, :8], trigger[1])
+    np.testing.assert_allclose(
+        queries[0, 1, 8:], to_np(layers.sincos_position_encoding_2d(loc, 8))[1],
+        atol=1e-6,
+    )
+
+
+def test_mlp_split_call_equals_direct_call(rng):
+    mlp = layers.PerceptionMLP(trunk_widths=(32, 16), feature_dim=8, num_levels=2)
+    trigger = rng.random((3, 12)).astype("float32")
+    loc = rng.random((10, 2)).astype("float32") * 3
+    unfold = layers.QueryUnfold(position_dim=12)
+    direct = mlp(unfold(trigger, loc))
+    split = mlp.split_call(trigger, unfold.position_codes(loc))
+    assert set(direct) == {"features", "rgb", "levels"}
+    for key in direct:
+        np.testing.assert_allclose(to_np(split[key]), to_np(direct[key]), atol=1e-5)
+    assert tuple(direct["levels"].shape) == (3, 10, 2, 8)
+    np.testing.assert_allclose(
+        to_np(direct["levels"])[:, :, -1], to_np(direct["features"])
+    )
+
+
+def test_mlp_rgb_head_is_fed_feature_and_query(rng):
+    mlp = layers.PerceptionMLP(
+        trunk_widths=(16,), feature_dim=4, rgb_widths=(8,), rgb_activation=None
+    )
+    queries = rng.random((1, 5, 6)).astype("float32")
+    out = mlp(queries)
+    rgb0, rgb1 = mlp.rgb_layers
+    x = np.concatenate([to_np(out["features"]), queries], -1)
+    x = np.maximum(x @ to_np(rgb0.kernel) + to_np(rgb0.bias), 0)
+    x = x @ to_np(rgb1.kernel) + to_np(rgb1.bias)
+    np.testing.assert_allclose(to_np(out["rgb"]), x, atol=1e-5)
+    # Official: the RGB head ends with a ReLU by default.
+    assert layers.PerceptionMLP((4,), 4).rgb_activation is keras.activations.relu
+
+
+def test_attention_pool_head_matches_manual_attention(rng):
+    head = layers.AttentionPoolHead(num_heads=2)
+    feats = rng.random((2, 3, 4, 8)).astype("float32")
+    pooled = to_np(head(feats))
+    att = head.attention
+    keys = feats.reshape(2, 12, 8) + to_np(
+        layers.sincos_position_encoding_2d(layers.grid_locations((3, 4)), 8)
+    )
+    q = np.einsum("e,ehd->hd", to_np(head.query), to_np(att.query_dense.kernel))
+    q = q + to_np(att.query_dense.bias)
+    k = np.einsum("bne,ehd->bnhd", keys, to_np(att.key_dense.kernel)) + to_np(
+        att.key_dense.bias
+    )
+    v = np.einsum("bne,ehd->bnhd", keys, to_np(att.value_dense.kernel)) + to_np(
+        att.value_dense.bias
+    )
+    s = np.einsum("hd,bnhd->bhn", q, k) / np.sqrt(4)
+    a = np.exp(s - s.max(-1, keepdims=True))
+    a /= a.sum(-1, keepdims=True)
+    o = np.einsum("bhn,bnhd->bhd", a, v)
+    expected = np.einsum("bhd,hde->be", o, to_np(att.output_dense.kernel))
+    expected += to_np(att.output_dense.bias)
+    np.testing.assert_allclose(pooled, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        layers.SinCosPositionEncoding2D(8),
+        layers.TriggerColumn(4, channels=2),
+        layers.QueryUnfold(8),
+        layers.PerceptionMLP((8, 4), 4, num_levels=2, rgb_activation="sigmoid"),
+        layers.AttentionPoolHead(num_heads=2),
+    ],
+    ids=lambda layer: type(layer).__name__,
+)
+def test_layer_configs_round_trip(layer):
+    config = layer.get_config()
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+    restored = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(layer)
+    )
+    assert type(restored) is type(layer)
+
+
+def test_field_rejects_bad_chunk_size():
+    mlp = layers.PerceptionMLP((8,), 4)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="chunk_size"):
+            layers.PerceptionField((2, 2), 4, mlp, chunk_size=bad)
