@@ -1,0 +1,572 @@
+"""Base class of the teacher adapters over keras-hub vision transformers."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_apm.teachers import teacher_utils
+
+_TEACHER_CLASSES = []
+
+
+@keras.saving.register_keras_serializable(package="keras_apm")
+class Teacher(keras.layers.Layer):
+    """A frozen keras-hub vision transformer that yields APM's targets.
+
+    A teacher takes raw RGB images, resizes and normalises them exactly as the
+    keras-hub preset's image converter does, runs the backbone and returns
+
+    - `"grid"`: `(B, h, w, D)`, the patch tokens of the final (normed) token
+      sequence, laid out row-major on the patch grid. Class and register
+      tokens are dropped.
+    - `"global"`: `(B, Dg)`, the teacher's global image embedding (what it is
+      depends on the teacher, see the subclasses).
+    - `"levels"`: `(B, L, h, w, D)`, only when `layers` was given: the patch
+      grids after the chosen transformer blocks (with the teacher's final
+      norm applied when `normalize_levels=True`).
+    - `"logits"`: `(B, num_classes)`, only for teachers built from an image
+      classifier task (`ViTImageClassifier`): the task head's output.
+
+    The teacher and its backbone are frozen (`trainable=False`). Build one
+    with `Teacher.from_preset(...)`, which picks the subclass from the
+    preset's backbone class, or construct a subclass from a built backbone.
+
+    Args:
+        backbone: a built keras-hub backbone (or task) the subclass supports.
+        layers: `None` or a list of transformer-block indices (0-based,
+            negative counts from the end: `-1` is the last block) whose patch
+            grids to return as `"levels"`.
+        resize_to_grid: `None` or an `(h, w)` grid size. If given, every
+            returned grid is bilinearly resized to it (no antialiasing);
+            otherwise `check_grid()` rejects student grids of another size.
+        image_converter: `None` or a `keras_hub.layers.ImageConverter` whose
+            `scale`, `offset`, `interpolation`, `antialias`,
+            `crop_to_aspect_ratio` and `pad_to_aspect_ratio` define the
+            preprocessing. `None` uses the model family's keras-hub preset
+            values. The images are always resized to the backbone's input
+            size (the converter's `image_size` is not used: a backbone loaded
+            with another `image_shape` still needs its own size).
+        normalize_levels: bool, whether `"levels"` go through the teacher's
+            final norm (the norm that produces `"grid"`), so that level `-1`
+            equals `"grid"`. With `False` they are the raw residual stream.
+        **kwargs: base `keras.layers.Layer` arguments (`name`, ...).
+
+    Example:
+    >>> teacher = Teacher.from_preset(
+    ...     "dinov2_with_registers_small", image_shape=(224, 224, 3))
+    >>> out = teacher(np.random.uniform(0, 255, (2, 300, 400, 3)))
+    >>> out["grid"].shape, out["global"].shape
+    ((2, 16, 16, 384), (2, 384))
+    """
+
+    # Keras-hub classes (backbones or tasks) the subclass adapts.
+    backbone_classes = ()
+    # Preprocessing when the backbone comes without an image converter.
+    default_mean = None
+    default_std = None
+    default_interpolation = "bilinear"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _TEACHER_CLASSES.append(cls)
+
+    def __init__(
+        self,
+        backbone,
+        layers=None,
+        resize_to_grid=None,
+        image_converter=None,
+        normalize_levels=True,
+        **kwargs,
+    ):
+        # Raw [0, 255] pixels must reach the resize untouched by autocasting.
+        kwargs["autocast"] = False
+        kwargs.pop("trainable", None)
+        super().__init__(trainable=False, **kwargs)
+        if type(self) is Teacher:
+            raise ValueError(
+                "`Teacher` is the abstract base class. Build a teacher with "
+                "`Teacher.from_preset(preset)` or one of `ViTTeacher`, "
+                "`DINOV2Teacher`, `CLIPTeacher`."
+            )
+        if not isinstance(backbone, self.backbone_classes):
+            expected = ", ".join(c.__name__ for c in self.backbone_classes)
+            raise ValueError(
+                f"`{type(self).__name__}` expects one of ({expected}). "
+                f"Received {type(backbone).__name__}."
+            )
+        self.model = backbone
+        self.task, self.backbone = self._split_task(backbone)
+        if not self.backbone.built:
+            raise ValueError(
+                f"Expected a built {type(self.backbone).__name__}. Build it "
+                "first (keras-hub backbones are built on construction)."
+            )
+        self.backbone.trainable = False
+        self.model.trainable = False
+        self._check_data_format()
+
+        self.layer_indices = teacher_utils.normalize_layer_indices(
+            layers, self.num_layers
+        )
+        self.resize_to_grid = teacher_utils.normalize_grid_shape(
+            resize_to_grid, "resize_to_grid"
+        )
+        self.normalize_levels = bool(normalize_levels)
+        self.image_converter = image_converter
+        self._set_preprocessing(image_converter)
+
+        height, width = self.image_size
+        patch_h, patch_w = self._patch_hw()
+        if height % patch_h or width % patch_w:
+            raise ValueError(
+                f"The backbone's input size {height}x{width} is not divisible "
+                f"by its patch size {patch_h}x{patch_w}."
+            )
+        self._native_grid = (height // patch_h, width // patch_w)
+
+    # ------------------------------------------------------------------
+    # Hooks for the subclasses.
+
+    def _split_task(self, model):
+        """Returns `(task or None, backbone)`."""
+        return None, model
+
+    def _image_hw(self):
+        raise NotImplementedError
+
+    def _patch_hw(self):
+        raise NotImplementedError
+
+    def _data_format(self):
+        return "channels_last"
+
+    def _num_prefix_tokens(self):
+        """Tokens ahead of the patch tokens (class, registers)."""
+        raise NotImplementedError
+
+    def _embed(self, pixels):
+        """Normalised pixels -> token sequence entering the first block."""
+        raise NotImplementedError
+
+    def _blocks(self):
+        raise NotImplementedError
+
+    def _final_norm(self, tokens):
+        raise NotImplementedError
+
+    def _global(self, tokens):
+        """Final normed token sequence -> `(B, global_dim)`."""
+        raise NotImplementedError
+
+    def _logits(self, tokens):
+        """Final normed token sequence -> classifier output, or `None`."""
+        return None
+
+    @property
+    def feature_dim(self):
+        """Channels `D` of the patch grid."""
+        raise NotImplementedError
+
+    @property
+    def global_dim(self):
+        """Length `Dg` of the global embedding."""
+        raise NotImplementedError
+
+    @property
+    def num_layers(self):
+        """Number of transformer blocks (valid `layers` indices)."""
+        return len(self._blocks())
+
+    # ------------------------------------------------------------------
+    # Properties.
+
+    @property
+    def image_size(self):
+        """`(H, W)` the images are resized to before the backbone."""
+        return tuple(int(v) for v in self._image_hw())
+
+    @property
+    def patch_size(self):
+        """The backbone's patch size: an int, or `(ph, pw)` if not square."""
+        patch_h, patch_w = self._patch_hw()
+        return patch_h if patch_h == patch_w else (patch_h, patch_w)
+
+    @property
+    def native_grid_shape(self):
+        """`(h, w)` patch grid of the backbone, before any resizing."""
+        return self._native_grid
+
+    @property
+    def grid_shape(self):
+        """`(h, w)` of the returned grids (`resize_to_grid` if given)."""
+        return self.resize_to_grid or self._native_grid
+
+    @property
+    def num_levels(self):
+        """How many grids `"levels"` holds (0 without `layers`)."""
+        return len(self.layer_indices or ())
+
+    @property
+    def has_classifier(self):
+        """Whether the teacher carries a classifier head (`"logits"`)."""
+        return self.task is not None
+
+    @property
+    def num_classes(self):
+        """Classes of the classifier head, or `None` without one."""
+        return getattr(self.task, "num_classes", None)
+
+    # ------------------------------------------------------------------
+    # Public methods.
+
+    def check_grid(self, student_grid_shape):
+        """Checks that the teacher's grid matches a student's `(h, w)` grid.
+
+        Args:
+            student_grid_shape: `(h, w)` of the student's feature grid.
+
+        Returns:
+            The `(h, w)` grid shape the teacher returns.
+
+        Raises:
+            ValueError: if the sizes differ. Without `resize_to_grid` the
+                teacher's native grid must match; with it, `resize_to_grid`
+                must equal the student grid.
+
+        Example:
+        >>> teacher.grid_shape
+        (16, 16)
+        >>> teacher.check_grid((16, 16))
+        (16, 16)
+        """
+        student = teacher_utils.normalize_grid_shape(
+            student_grid_shape, "student_grid_shape"
+        )
+        if self.resize_to_grid is not None:
+            if student != self.resize_to_grid:
+                raise ValueError(
+                    f"The teacher resizes its grid to {self.resize_to_grid} "
+                    f"(resize_to_grid), but the student grid is {student}. "
+                    f"Build the teacher with resize_to_grid={student}."
+                )
+            return self.resize_to_grid
+        if student != self._native_grid:
+            height, width = self.image_size
+            raise ValueError(
+                f"The teacher's patch grid is {self._native_grid} "
+                f"({height}x{width} input, patch {self.patch_size}), but the "
+                f"student grid is {student}. Pass resize_to_grid={student} "
+                "to resize the teacher grid bilinearly, or give the student a "
+                f"{self._native_grid[0]}x{self._native_grid[1]} grid."
+            )
+        return self._native_grid
+
+    def preprocess(self, images):
+        """Resizes and normalises raw RGB images for the backbone.
+
+        Args:
+            images: `(B, H, W, 3)` RGB pixels in `[0, 255]`, any `H, W`, float
+                (integer dtypes are read as pixel values).
+
+        Returns:
+            `(B, *image_size, 3)` float32 images: `resized * scale + offset`,
+            exactly what the preset's image converter returns.
+        """
+        images = self._check_images(images)
+        x = ops.cast(images, "float32")
+        x = ops.image.resize(
+            x,
+            size=self.image_size,
+            interpolation=self.interpolation,
+            antialias=self.antialias,
+            crop_to_aspect_ratio=self.crop_to_aspect_ratio,
+            pad_to_aspect_ratio=self.pad_to_aspect_ratio,
+            data_format="channels_last",
+        )
+        if self.scale is not None:
+            x = x * self._channel_constant(self.scale)
+        if self.offset is not None:
+            x = x + self._channel_constant(self.offset)
+        return x
+
+    def call(self, images):
+        pixels = self.preprocess(images)
+        if self._data_format() == "channels_first":
+            pixels = ops.transpose(pixels, (0, 3, 1, 2))
+        tokens, hidden = self._forward(pixels)
+        outputs = {
+            "grid": self._to_grid(tokens),
+            "global": self._global(tokens),
+        }
+        if self.layer_indices is not None:
+            levels = []
+            for index in self.layer_indices:
+                level = hidden[index]
+                if self.normalize_levels:
+                    level = self._final_norm(level)
+                levels.append(self._to_grid(level))
+            outputs["levels"] = ops.stack(levels, axis=1)
+        if self.task is not None:
+            outputs["logits"] = self._logits(tokens)
+        return outputs
+
+    def classifier_logits(self, images):
+        """The classifier head's output for raw images (`(B, num_classes)`).
+
+        Only for teachers built from an image classifier task (e.g. a
+        `ViTImageClassifier` preset). The head's own activation, if any, is
+        applied (keras-hub ViT presets have none: these are logits).
+        """
+        if self.task is None:
+            raise ValueError(
+                f"This {type(self).__name__} has no classifier head: it was "
+                f"built from a bare {type(self.backbone).__name__}. Load an "
+                "image-classifier preset (a preset with a `task.json`, e.g. "
+                "a `ViTImageClassifier`) to use `classifier_logits()`."
+            )
+        return self(images)["logits"]
+
+    # ------------------------------------------------------------------
+    # Internals.
+
+    def _forward(self, pixels):
+        wanted = set(self.layer_indices or ())
+        hidden = {}
+        x = self._embed(pixels)
+        for index, block in enumerate(self._blocks()):
+            x = block(x)
+            if index in wanted:
+                hidden[index] = x
+        return self._final_norm(x), hidden
+
+    def _to_grid(self, tokens):
+        """`(B, prefix + h*w, D)` tokens -> `(B, h, w, D)` patch grid."""
+        height, width = self._native_grid
+        patches = tokens[:, self._num_prefix_tokens() :, :]
+        grid = ops.reshape(patches, (-1, height, width, ops.shape(tokens)[-1]))
+        if self.resize_to_grid is not None and (
+            self.resize_to_grid != self._native_grid
+        ):
+            dtype = grid.dtype
+            grid = ops.image.resize(
+                ops.cast(grid, "float32"),
+                size=self.resize_to_grid,
+                interpolation="bilinear",
+                antialias=False,
+                data_format="channels_last",
+            )
+            grid = ops.cast(grid, dtype)
+        return grid
+
+    def _channel_constant(self, value):
+        if isinstance(value, float):
+            return ops.convert_to_tensor(value, "float32")
+        return ops.convert_to_tensor(np.reshape(value, (1, 1, 1, 3)), "float32")
+
+    def _check_images(self, images):
+        if isinstance(images, dict) or not hasattr(images, "shape"):
+            if isinstance(images, (list, tuple)):
+                images = np.asarray(images)
+            else:
+                raise ValueError(
+                    "Expected a batch of RGB images of shape (batch, height, "
+                    f"width, 3). Received {type(images).__name__}."
+                )
+        shape = tuple(images.shape)
+        if len(shape) != 4:
+            hint = ""
+            if len(shape) == 3:
+                hint = " Add a batch axis with `x[None]`."
+            raise ValueError(
+                "Expected a rank-4 batch of channels-last RGB images "
+                "(batch, height, width, 3) with values in [0, 255]. "
+                f"Received rank {len(shape)} with shape {shape}.{hint}"
+            )
+        if shape[-1] is not None and shape[-1] != 3:
+            raise ValueError(
+                "Expected channels-last RGB images with 3 channels, shape "
+                f"(batch, height, width, 3). Received shape {shape} with "
+                f"{shape[-1]} channels."
+            )
+        for axis, name in ((1, "height"), (2, "width")):
+            if shape[axis] is not None and shape[axis] < 1:
+                raise ValueError(
+                    f"Expected images with a positive {name}. Received "
+                    f"shape {shape}."
+                )
+        dtype = keras.backend.standardize_dtype(images.dtype)
+        if not ("float" in dtype or "int" in dtype):
+            raise ValueError(
+                "Expected RGB pixel values as floats (or ints) in [0, 255]. "
+                f"Received dtype {dtype}."
+            )
+        return images
+
+    def _check_data_format(self):
+        data_format = self._data_format()
+        if data_format not in ("channels_last", "channels_first"):
+            raise ValueError(f"Unknown backbone data format {data_format!r}.")
+
+    def _set_preprocessing(self, converter):
+        if converter is None:
+            scale, offset = teacher_utils.mean_std_to_scale_offset(
+                self.default_mean, self.default_std
+            )
+            self.interpolation = self.default_interpolation
+            self.antialias = False
+            # keras-hub's `ImageConverter` centre-crops to the aspect ratio
+            # by default.
+            self.crop_to_aspect_ratio = True
+            self.pad_to_aspect_ratio = False
+        else:
+            for attribute in ("scale", "offset", "resizing"):
+                if not hasattr(converter, attribute):
+                    raise ValueError(
+                        "Expected `image_converter` to be a keras-hub "
+                        "`ImageConverter` (with `scale`, `offset` and "
+                        f"`resizing`). Received {type(converter).__name__}."
+                    )
+            if getattr(converter, "data_format", "channels_last") != (
+                "channels_last"
+            ):
+                raise ValueError(
+                    "Expected a channels_last image converter. Received "
+                    f"data_format={converter.data_format!r}."
+                )
+            scale, offset = converter.scale, converter.offset
+            resizing = converter.resizing
+            self.interpolation = resizing.interpolation
+            self.antialias = bool(resizing.antialias)
+            self.crop_to_aspect_ratio = bool(resizing.crop_to_aspect_ratio)
+            self.pad_to_aspect_ratio = bool(resizing.pad_to_aspect_ratio)
+        self.scale = teacher_utils.normalization_values(scale, "scale")
+        self.offset = teacher_utils.normalization_values(offset, "offset")
+
+    # ------------------------------------------------------------------
+    # Construction from presets and serialization.
+
+    @classmethod
+    def from_preset(
+        cls,
+        preset,
+        layers=None,
+        resize_to_grid=None,
+        normalize_levels=True,
+        load_weights=True,
+        **kwargs,
+    ):
+        """Loads a teacher from a keras-hub preset.
+
+        The backbone is loaded with `keras_hub.models.Backbone.from_preset`
+        (or, for a preset saved from an image classifier task such as
+        `ViTImageClassifier`, with that task's `from_preset`, keeping the
+        head). The teacher class follows the backbone class: `ViTBackbone`
+        -> `ViTTeacher`, `DINOV2Backbone` -> `DINOV2Teacher`, `CLIPBackbone`
+        or `CLIPVisionEncoder` -> `CLIPTeacher`. The preset's image converter
+        (if any) sets the normalisation.
+
+        Args:
+            preset: a keras-hub preset name, hub handle or local directory.
+            layers, resize_to_grid, normalize_levels: see `Teacher`.
+            load_weights: bool, load the preset's weights (else random).
+            **kwargs: forwarded to the keras-hub loader, e.g. `dtype` or
+                `image_shape` (DINOv2 interpolates its position embeddings
+                to a new `image_shape`).
+
+        Example:
+        >>> teacher = Teacher.from_preset("clip_vit_large_patch14")
+        >>> teacher.grid_shape, teacher.feature_dim, teacher.global_dim
+        ((16, 16), 1024, 768)
+        """
+        import keras_hub
+
+        # Importing the subclasses registers them.
+        from keras_apm.teachers import clip_teacher  # noqa: F401
+        from keras_apm.teachers import dinov2_teacher  # noqa: F401
+        from keras_apm.teachers import vit_teacher  # noqa: F401
+
+        task_cls = teacher_utils.preset_task_class(preset)
+        if task_cls is not None and issubclass(
+            task_cls, keras_hub.models.ImageClassifier
+        ):
+            model = task_cls.from_preset(
+                preset, load_weights=load_weights, **kwargs
+            )
+        else:
+            model = keras_hub.models.Backbone.from_preset(
+                preset, load_weights=load_weights, **kwargs
+            )
+        candidates = [cls] if cls is not Teacher else _TEACHER_CLASSES
+        teacher_cls = None
+        for candidate in candidates:
+            if isinstance(model, candidate.backbone_classes):
+                teacher_cls = candidate
+                break
+        if teacher_cls is None and isinstance(model, keras_hub.models.Task):
+            # A task whose head we cannot read: fall back to its backbone.
+            for candidate in candidates:
+                if isinstance(model.backbone, candidate.backbone_classes):
+                    teacher_cls, model = candidate, model.backbone
+                    break
+        if teacher_cls is None:
+            supported = sorted(
+                {
+                    c.__name__
+                    for candidate in _TEACHER_CLASSES
+                    for c in candidate.backbone_classes
+                    if candidate in candidates
+                }
+            )
+            raise ValueError(
+                f"Preset {preset!r} holds a {type(model).__name__}; "
+                f"`{cls.__name__}.from_preset` supports {supported}."
+            )
+        converter = None
+        if getattr(model, "preprocessor", None) is not None:
+            converter = getattr(model.preprocessor, "image_converter", None)
+        if converter is None:
+            converter = teacher_utils.load_image_converter(preset)
+        return teacher_cls(
+            model,
+            layers=layers,
+            resize_to_grid=resize_to_grid,
+            image_converter=converter,
+            normalize_levels=normalize_levels,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("trainable", None)
+        config.update(
+            {
+                "backbone": keras.saving.serialize_keras_object(self.model),
+                "layers": (
+                    None
+                    if self.layer_indices is None
+                    else list(self.layer_indices)
+                ),
+                "resize_to_grid": self.resize_to_grid,
+                "image_converter": (
+                    None
+                    if self.image_converter is None
+                    else keras.saving.serialize_keras_object(
+                        self.image_converter
+                    )
+                ),
+                "normalize_levels": self.normalize_levels,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(
+            config["backbone"]
+        )
+        if config.get("image_converter") is not None:
+            config["image_converter"] = keras.saving.deserialize_keras_object(
+                config["image_converter"]
+            )
+        return cls(**config)
