@@ -9,6 +9,7 @@ outputs = model(images)  # {"features": (B, h, w, D), "rgb": ..., ...}
 """
 
 from keras_apm import layers
+from keras_apm import teachers
 from keras_apm.models.apm import APM
 from keras_apm.models.apm import APMImageConverter
 
