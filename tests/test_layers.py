@@ -167,3 +167,35 @@ def test_field_rejects_bad_chunk_size():
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="chunk_size"):
             layers.PerceptionField((2, 2), 4, mlp, chunk_size=bad)
+
+
+def test_mlp_layers_of_one_shape_start_different():
+    # One shared initializer object would give same-shape layers the same
+    # weights (Keras initializers draw from a seed fixed at creation).
+    mlp = layers.PerceptionMLP(trunk_widths=(16, 16, 16), feature_dim=16)
+    mlp.build((None, 16))
+    kernels = [to_np(layer.kernel) for layer in mlp.trunk + [mlp.feature_head]]
+    for i in range(len(kernels)):
+        for j in range(i + 1, len(kernels)):
+            assert not np.allclose(kernels[i], kernels[j])
+
+
+def test_mlp_seeded_initializer_is_reproducible():
+    def kernels():
+        init = keras.initializers.GlorotUniform(seed=3)
+        mlp = layers.PerceptionMLP(
+            trunk_widths=(8, 8), feature_dim=8, kernel_initializer=init
+        )
+        mlp.build((None, 8))
+        return [to_np(layer.kernel) for layer in mlp.trunk]
+
+    first, second = kernels(), kernels()
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(first[0], first[1])
+
+
+def test_trigger_column_width_is_static_in_a_functional_model():
+    images = keras.Input((16, 24, 3))
+    trigger = layers.TriggerColumn(patch_size=8, channels=2)(images)
+    assert tuple(trigger.shape) == (None, 2 * 3 * 2)

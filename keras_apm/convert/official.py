@@ -8,13 +8,12 @@ Position codes are not stored: both sides recompute them.
 """
 
 import os
-import shutil
-import tempfile
 
 import numpy as np
 
 from keras_apm.models.apm.apm_backbone import APM
 from keras_apm.models.apm.apm_image_converter import APMImageConverter
+from keras_apm.utils.files import atomic_write
 
 
 def _linear(prefix, out_dim, in_dim):
@@ -276,14 +275,10 @@ def convert_official_checkpoint(checkpoint, variant, output, overwrite=False):
     converter = APMImageConverter(
         image_size=config["image_shape"][:2], **spec["converter"]
     )
-    staging = tempfile.mkdtemp(prefix=".convert-", dir=parent)
-    try:
-        model.save_to_preset(staging)
-        converter.save_to_preset(staging)
-        if os.path.exists(output):
-            shutil.rmtree(output)
-        os.replace(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    def write(staged):
+        model.save_to_preset(staged)
+        converter.save_to_preset(staged)
+
+    atomic_write(output, write)
     return model

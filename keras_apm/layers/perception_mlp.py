@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_apm.layers.initializers import fresh_initializer
+
 
 @keras.saving.register_keras_serializable(package="keras_apm")
 class PerceptionMLP(keras.layers.Layer):
@@ -67,12 +69,20 @@ class PerceptionMLP(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
 
+        count = iter(range(1 << 30))
+
         def dense(units, activation, name):
+            # A fresh initializer per layer: a Keras initializer draws from
+            # a fixed seed, so sharing one object would make layers of the
+            # same shape start out identical.
+            index = next(count)
             return keras.layers.Dense(
                 units,
                 activation=activation,
-                kernel_initializer=self.kernel_initializer,
-                bias_initializer=self.bias_initializer,
+                kernel_initializer=fresh_initializer(
+                    self.kernel_initializer, index
+                ),
+                bias_initializer=fresh_initializer(self.bias_initializer, index),
                 dtype=self.dtype_policy,
                 name=name,
             )

@@ -57,7 +57,11 @@ class TriggerColumn(keras.layers.Layer):
 
     def call(self, images):
         x = self.conv(images)
-        return ops.reshape(x, (ops.shape(x)[0], -1))
+        # A static width keeps the trigger's shape known to later layers
+        # (and to exporters); -1 only when the image size is dynamic.
+        h, w = x.shape[1], x.shape[2]
+        width = -1 if h is None or w is None else h * w * self.channels
+        return ops.reshape(x, (ops.shape(x)[0], width))
 
     def compute_output_shape(self, images_shape):
         h = images_shape[1] // self.patch_size
