@@ -1,0 +1,165 @@
+"""`keras-apm export`: a preset -> TensorFlow SavedModel or TFLite file."""
+
+import os
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser(
+        "export",
+        help="Export a preset as a TensorFlow SavedModel or a TFLite file.",
+        description=(
+            "Writes a SavedModel directory or a .tflite file with three "
+            "signatures: serving_default (the full grid), trigger_column and "
+            "evaluate_locations. Works under any KERAS_BACKEND."
+        ),
+    )
+    parser.add_argument(
+        "--preset", required=True, help="preset name, handle or directory"
+    )
+    parser.add_argument(
+        "--format", default="saved_model", choices=("saved_model", "tflite")
+    )
+    parser.add_argument(
+        "--quantization",
+        default=None,
+        choices=("float16", "dynamic_int8", "int8"),
+        help="TFLite only; int8 needs --representative-data",
+    )
+    parser.add_argument(
+        "--representative-data",
+        default=None,
+        help=(
+            "int8 calibration images: a folder of image files, or a .npy "
+            "array (N, H, W, 3) of raw 0..255 images; both go through the "
+            "preset's image converter"
+        ),
+    )
+    parser.add_argument(
+        "--representative-images",
+        type=int,
+        default=100,
+        help="use at most this many calibration images (default 100)",
+    )
+    parser.add_argument(
+        "--output", required=True, help="directory (saved_model) or .tflite"
+    )
+    parser.add_argument("--overwrite", action="store_true")
+    parser.set_defaults(func=run)
+
+
+def run(args):
+    from keras_apm.export import export
+    from keras_apm.export.checks import check_options
+    from keras_apm.export.checks import check_target
+
+    # Cheap checks first: a bad command line loads no model.
+    check_options(args.format, args.quantization, args.representative_data)
+    check_target(args.output, args.format, args.overwrite)
+    data = None
+    if args.representative_data is not None:
+        data = representative_inputs(
+            args.representative_data, args.preset, args.representative_images
+        )
+    export(
+        args.preset,
+        args.output,
+        format=args.format,
+        quantization=args.quantization,
+        representative_data=data,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"Wrote {args.format} ({args.quantization or 'float32'}) of "
+        f"{args.preset} to {args.output} ({_size(args.output) / 1e6:.1f} MB)."
+    )
+    return 0
+
+
+def representative_inputs(source, preset, limit=100):
+    """Model inputs for int8 calibration, from raw images.
+
+    Args:
+        source: a folder of image files (or of class subfolders), or a
+            `.npy` file holding raw images `(N, H, W, 3)`, values 0..255.
+        preset: the preset whose image converter prepares them.
+        limit: use at most this many images.
+
+    Returns:
+        float32 `(N, H, W, C)` model inputs.
+
+    Example:
+    ```python
+    inputs = representative_inputs("photos/", "apm_tiny_digits", limit=64)
+    ```
+    """
+    import keras
+    import numpy as np
+
+    if int(limit) < 1:
+        raise ValueError(
+            f"--representative-images must be >= 1. Received {limit}."
+        )
+    if os.path.isdir(source):
+        from keras_apm.data import list_image_files
+
+        paths = list_image_files(source)[0][: int(limit)]
+        images = [
+            keras.utils.img_to_array(keras.utils.load_img(p, color_mode="rgb"))
+            for p in paths
+        ]
+    elif os.path.isfile(source) and source.endswith(".npy"):
+        array = np.load(source)
+        if array.ndim != 4:
+            raise ValueError(
+                f"Expected raw images (N, H, W, 3) in {source!r}. Received "
+                f"shape {array.shape}."
+            )
+        images = list(array[: int(limit)])
+    else:
+        raise ValueError(
+            "--representative-data must be a folder of images or a .npy "
+            f"file. Received {source!r}."
+        )
+    return preset_inputs(preset, images)
+
+
+def preset_inputs(preset, images):
+    """Raw 0..255 images -> model inputs, by the preset's image converter.
+
+    A preset without `image_converter.json` takes raw 0..255 float images
+    of its own size, so they are only cast. Images may differ in size; the
+    converter resizes each.
+
+    Example:
+    ```python
+    inputs = preset_inputs("apm_tiny_digits", raw_uint8_images)
+    ```
+    """
+    import keras
+    import numpy as np
+    from keras_hub.src.utils.preset_utils import check_file_exists
+
+    from keras_apm.models.apm import APMImageConverter
+    from keras_apm.models.apm.apm_preset_loading import _is_remote
+    from keras_apm.models.apm.apm_preset_loading import check_local_preset
+    from keras_apm.models.apm.apm_preset_loading import resolve_handle
+
+    handle = resolve_handle(preset)
+    if not _is_remote(handle):
+        check_local_preset(handle)  # says what a bad directory lacks.
+    if not check_file_exists(handle, "image_converter.json"):
+        return np.stack([np.asarray(x, "float32") for x in images])
+    converter = APMImageConverter.from_preset(handle)
+    inputs = [converter(np.asarray(x)[None]) for x in images]
+    inputs = [keras.ops.convert_to_numpy(x) for x in inputs]
+    return np.concatenate(inputs).astype("float32")
+
+
+def _size(path):
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(
+        os.path.getsize(os.path.join(root, name))
+        for root, _, names in os.walk(path)
+        for name in names
+    )

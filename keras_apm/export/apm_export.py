@@ -1,0 +1,200 @@
+"""`keras_apm.export`: an APM -> TensorFlow SavedModel or TFLite (LiteRT)."""
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+
+from keras_apm.export.checks import check_options
+from keras_apm.export.checks import check_representative_data
+from keras_apm.export.checks import check_target
+
+# `export_variants` names: "float32" etc. are TFLite files.
+VARIANTS = ("saved_model", "float32", "float16", "dynamic_int8", "int8")
+
+
+def export(
+    model_or_preset,
+    path,
+    format="saved_model",
+    quantization=None,
+    representative_data=None,
+    overwrite=False,
+):
+    """Exports an APM as a TensorFlow SavedModel or a TFLite (LiteRT) file.
+
+    Works under every Keras backend: under TensorFlow in this process, with
+    Keras' `keras.export.ExportArchive`; under JAX and PyTorch the model is
+    saved as a preset and exported by a TensorFlow-backend subprocess. The
+    export computes in float32 whatever the model's dtype policy;
+    `quantization` is how a TFLite file gets smaller. The artifact is
+    written under a temporary name beside `path` and renamed at the end, so
+    a failed export leaves nothing half-written.
+
+    Three signatures, the same in both formats: `"serving_default"` (images
+    -> the full grid: features, RGB, levels and global where the model has
+    them), and the asynchronous pair `"trigger_column"` (images -> `(B, n)`
+    trigger) and `"evaluate_locations"` (trigger, `(L, 2)` fractional
+    `(y, x)` locations -> `(B, L, .)` answers). Run them with
+    `from keras_apm.export import load; load(path)`.
+
+    Args:
+        model_or_preset: a `keras_apm.APM`, or a preset (built-in name,
+            handle or local directory) to load one from.
+        path: a directory for `"saved_model"`, a file ending in `.tflite`
+            for `"tflite"`. Its parent directory must exist.
+        format: `"saved_model"` or `"tflite"`.
+        quantization: TFLite only. None (float32), `"float16"` (float16
+            weights), `"dynamic_int8"` (int8 weights, float activations) or
+            `"int8"` (int8 weights and activations; float32 inputs and
+            outputs).
+        representative_data: for `quantization="int8"` only, where it is
+            required: a float array `(N, H, W, C)` of model inputs (after
+            the image converter), about 100 typical images.
+        overwrite: whether to replace an existing `path`.
+
+    Returns:
+        `path`.
+
+    Example:
+    ```python
+    keras_apm.export("apm_tiny_digits", "apm.tflite", format="tflite",
+                     quantization="dynamic_int8")
+    from keras_apm.export import load
+    runner = load("apm.tflite")
+    runner.predict(images)["features"].shape  # (B, 8, 8, D)
+    ```
+    """
+    check_options(format, quantization, representative_data)
+    path = check_target(path, format, overwrite)
+    job = {
+        "path": path,
+        "format": format,
+        "quantization": quantization,
+        "overwrite": bool(overwrite),
+    }
+    _run_jobs(model_or_preset, [job], representative_data)
+    return path
+
+
+def export_variants(
+    model_or_preset,
+    directory,
+    variants=VARIANTS,
+    representative_data=None,
+    overwrite=False,
+):
+    """Exports several variants of one APM at once, into `directory`.
+
+    The model is loaded and its SavedModel written once (one subprocess
+    under JAX and PyTorch), then each TFLite variant is converted from it.
+    Files: `saved_model/`, `float32.tflite`, `float16.tflite`,
+    `dynamic_int8.tflite`, `int8.tflite`.
+
+    Args:
+        model_or_preset: as in `export`.
+        directory: an existing directory.
+        variants: names from `("saved_model", "float32", "float16",
+            "dynamic_int8", "int8")`.
+        representative_data: as in `export`; required with `"int8"`.
+        overwrite: whether to replace existing files.
+
+    Returns:
+        dict `{variant: path}`.
+
+    Example:
+    ```python
+    from keras_apm.export import export_variants
+    paths = export_variants(
+        "apm_tiny_digits", "exports", representative_data=inputs)
+    paths["int8"]  # "exports/int8.tflite"
+    ```
+    """
+    variants = tuple(variants)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants or len(set(variants)) != len(variants):
+        raise ValueError(
+            f"`variants` must be distinct names from {VARIANTS}. "
+            f"Received: {variants}"
+        )
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise ValueError(f"{directory!r} is not an existing directory.")
+    jobs = []
+    for variant in variants:
+        format = "saved_model" if variant == "saved_model" else "tflite"
+        quantization = variant if variant in VARIANTS[2:] else None
+        name = variant if format == "saved_model" else f"{variant}.tflite"
+        data = representative_data if variant == "int8" else None
+        check_options(format, quantization, data)
+        path = check_target(os.path.join(directory, name), format, overwrite)
+        jobs.append(
+            {
+                "path": path,
+                "format": format,
+                "quantization": quantization,
+                "overwrite": bool(overwrite),
+            }
+        )
+    if "int8" not in variants:
+        representative_data = None
+    _run_jobs(model_or_preset, jobs, representative_data)
+    return {variant: job["path"] for variant, job in zip(variants, jobs)}
+
+
+def _run_jobs(model_or_preset, jobs, representative_data):
+    model, preset_dir = _float32_model(model_or_preset)
+    images = None
+    if representative_data is not None:
+        images = check_representative_data(
+            representative_data, model.image_shape
+        )
+    if keras.backend.backend() == "tensorflow":
+        from keras_apm.export.tensorflow_export import export_jobs
+
+        export_jobs(model, jobs, images)
+        return
+    from keras_apm.export.tensorflow_subprocess import run_in_subprocess
+
+    if preset_dir is not None:
+        run_in_subprocess(preset_dir, jobs, images)
+        return
+    with tempfile.TemporaryDirectory(prefix="keras_apm_export_") as tmp:
+        preset_dir = os.path.join(tmp, "preset")
+        model.save_to_preset(preset_dir)
+        run_in_subprocess(preset_dir, jobs, images)
+
+
+def _float32_model(model_or_preset):
+    """`(float32 APM, its local preset directory or None)`."""
+    from keras_apm.models.apm.apm_backbone import APM
+    from keras_apm.models.apm.apm_preset_loading import resolve_handle
+
+    preset_dir = None
+    if isinstance(model_or_preset, APM):
+        model = model_or_preset
+    elif isinstance(model_or_preset, (str, os.PathLike)):
+        model = APM.from_preset(os.fspath(model_or_preset))
+        handle = resolve_handle(os.fspath(model_or_preset))
+        if os.path.isdir(handle):
+            preset_dir = handle
+    else:
+        raise ValueError(
+            "Expected a `keras_apm.APM` or a preset (name, handle or "
+            f"directory). Received: {type(model_or_preset).__name__}"
+        )
+    policy = model.dtype_policy
+    if getattr(policy, "quantization_mode", None):
+        raise ValueError(
+            "Export a float model and pick `quantization` here. The model "
+            f"is already quantized by Keras (dtype policy {policy.name!r})."
+        )
+    if policy.name != "float32":
+        # Deployment formats get their precision from `quantization`; a
+        # bfloat16 graph does not convert to TFLite and is slow on CPUs.
+        config = dict(model.get_config(), dtype="float32")
+        copy = APM.from_config(config)
+        copy.set_weights([np.asarray(w, "float32") for w in model.get_weights()])
+        model, preset_dir = copy, None
+    return model, preset_dir
