@@ -1,0 +1,130 @@
+"""`keras-apm ttt`: test-time training of APM students on a data set."""
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser(
+        "ttt",
+        help="Test-time-train one APM per image and classify (vs. the teacher).",
+        description=(
+            "For every image of a data set: adapt a fresh APM student to the "
+            "teacher's embedding of that image, classify it, and compare "
+            "with the teacher. Writes accuracies, agreement, timing, the "
+            "settings and per-image predictions to a JSON file."
+        ),
+    )
+    parser.add_argument("--teacher", required=True, help="teacher preset")
+    parser.add_argument(
+        "--dataset", required=True, help="TFDS name or folder of images"
+    )
+    parser.add_argument(
+        "--split", default=None, help="TFDS split (default: test); none for folders"
+    )
+    parser.add_argument(
+        "--student",
+        default=None,
+        help="APM preset or JSON config (default: sized from the teacher)",
+    )
+    parser.add_argument("--corruption", default=None, help="corruption name")
+    parser.add_argument("--severity", type=int, default=None, help="1..5 (default 5)")
+    parser.add_argument("--steps", type=int, default=None, help="steps per image")
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="images adapted together"
+    )
+    parser.add_argument("--limit", type=int, default=None, help="first N images only")
+    parser.add_argument("--recipe", default=None, help="'default' or 'official'")
+    parser.add_argument("--optimizer", default=None, help="e.g. adam, sgd")
+    parser.add_argument("--learning-rate", type=float, default=None)
+    parser.add_argument("--loss", default=None, choices=("mse", "cosine"))
+    parser.add_argument("--seed", type=int, default=0, help="init and corruption seed")
+    parser.add_argument(
+        "--class-embeddings",
+        default=None,
+        help=".npy file of (num_classes, dim) class embeddings",
+    )
+    parser.add_argument(
+        "--templates",
+        nargs="+",
+        default=None,
+        help="CLIP prompt templates, each with one {} (default 'a photo of a {}')",
+    )
+    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
+    parser.add_argument("--output", required=True, help="result JSON file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args):
+    import numpy as np
+
+    from keras_apm.teachers import Teacher
+    from keras_apm.ttt import TestTimeTrainer
+    from keras_apm.ttt import classifier_for_teacher
+    from keras_apm.ttt.evaluation import dataset_class_names
+    from keras_apm.ttt.evaluation import evaluate
+    from keras_apm.ttt.evaluation import ttt_dataset
+    from keras_apm.utils.files import write_json
+
+    if args.corruption is None and args.severity is not None:
+        raise ValueError("--severity needs --corruption.")
+    severity = 5 if args.severity is None else args.severity
+    teacher = Teacher.from_preset(args.teacher)
+    class_names = dataset_class_names(args.dataset, args.data_dir)
+    embeddings = None
+    if args.class_embeddings is not None:
+        embeddings = np.load(args.class_embeddings)
+    classifier = classifier_for_teacher(
+        teacher,
+        class_names=class_names,
+        templates=args.templates,
+        class_embeddings=embeddings,
+        preset=args.teacher,
+    )
+    trainer = TestTimeTrainer(
+        args.student,
+        teacher,
+        classifier,
+        steps=args.steps,
+        optimizer=args.optimizer,
+        learning_rate=args.learning_rate,
+        loss=args.loss,
+        seed=args.seed,
+        recipe=args.recipe,
+        batch_size=args.batch_size,
+    )
+    dataset = ttt_dataset(
+        args.dataset,
+        args.split,
+        image_size=teacher.image_size,
+        batch_size=args.batch_size,
+        corruption=args.corruption,
+        severity=severity,
+        seed=args.seed,
+        limit=args.limit,
+        data_dir=args.data_dir,
+    )
+    record = evaluate(
+        trainer,
+        dataset,
+        verbose=0 if args.quiet else 1,
+        settings={
+            "teacher": args.teacher,
+            "dataset": args.dataset,
+            "split": args.split,
+            "corruption": args.corruption,
+            "severity": severity if args.corruption else None,
+            "limit": args.limit,
+        },
+    )
+    write_json(args.output, record, indent=1)
+
+    def percent(value):
+        return "n/a" if value is None else f"{100 * value:.2f}%"
+
+    print(
+        f"{record['num_images']} images: teacher "
+        f"{percent(record['accuracy_teacher'])}, "
+        f"APM-TTT {percent(record['accuracy_apm'])}, agreement "
+        f"{percent(record['agreement'])}, {record['seconds_per_image']:.4f} s/image "
+        f"-> {args.output}"
+    )
+    return 0

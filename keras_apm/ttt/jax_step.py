@@ -1,0 +1,48 @@
+"""JAX: gradients and `jax.jit` for the batched test-time-training step.
+
+Imported only when the Keras backend is JAX (`batched.backend_step_module`).
+"""
+
+import jax
+
+
+def compile_step(loss_fn, optimizer, variables, jit_compile=True):
+    """Builds `step(batch) -> per_image_losses`, updating `variables`.
+
+    Args:
+        loss_fn: `(values, batch) -> (total_loss, per_image_losses)`, written
+            with `keras.ops`; `values` are the tensors of `variables`.
+        optimizer: a Keras optimizer built on `variables`.
+        variables: list of `keras.Variable`, the stacked weights.
+        jit_compile: wrap the pure step in `jax.jit`.
+    """
+
+    def pure_step(values, optimizer_values, batch):
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (_, per_image), grads = grad_fn(values, batch)
+        values, optimizer_values = optimizer.stateless_apply(
+            optimizer_values, grads, values
+        )
+        return values, optimizer_values, per_image
+
+    if jit_compile:
+        pure_step = jax.jit(pure_step)
+
+    def step(batch):
+        values, optimizer_values, per_image = pure_step(
+            [v.value for v in variables],
+            [v.value for v in optimizer.variables],
+            batch,
+        )
+        for variable, value in zip(variables, values):
+            variable.assign(value)
+        for variable, value in zip(optimizer.variables, optimizer_values):
+            variable.assign(value)
+        return per_image
+
+    return step
+
+
+def compile_function(fn, jit_compile=True):
+    """`jax.jit(fn)` (or `fn` itself when `jit_compile=False`)."""
+    return jax.jit(fn) if jit_compile else fn
