@@ -28,7 +28,12 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as e:
+        # argparse exits on bad usage (code 2) and after --help (0): return
+        # the code, so `main` can be called from Python and tests.
+        return e.code
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -16,6 +16,8 @@ ds = keras_apm.data.image_dataset("sklearn_digits", split="train",
 ```
 """
 
+from keras_apm.data.feature_cache import cache_teacher_features
+from keras_apm.data.feature_cache import load_feature_cache
 from keras_apm.data.images import IMAGE_EXTENSIONS
 from keras_apm.data.images import image_dataset
 from keras_apm.data.images import list_image_files
@@ -26,8 +28,10 @@ from keras_apm.data.sklearn_digits import upscale_digits
 __all__ = [
     "IMAGE_EXTENSIONS",
     "SklearnDigits",
+    "cache_teacher_features",
     "digits_split_indices",
     "image_dataset",
     "list_image_files",
+    "load_feature_cache",
     "upscale_digits",
 ]

@@ -1,0 +1,224 @@
+"""Atomic student presets and resumable distillation checkpoints.
+
+Everything is written under a temporary name beside its destination and
+renamed into place, so an interrupted save never leaves a half-written
+preset or checkpoint where a reader would look.
+"""
+
+import json
+import os
+import re
+import shutil
+
+import keras
+import numpy as np
+
+from keras_apm.utils.files import atomic_write
+from keras_apm.utils.files import write_json
+
+LATEST_FILE = "latest.json"
+OPTIMIZER_FILE = "optimizer.npz"
+STATE_FILE = "state.json"
+_EPOCH_DIR = re.compile(r"^epoch_(\d{5,})$")
+
+
+def save_student_preset(student, directory, image_converter=None):
+    """Saves an APM (and its image converter) as a preset, atomically.
+
+    Args:
+        student: a `keras_apm.APM`.
+        directory: the preset directory (created or replaced).
+        image_converter: an optional `keras_apm.APMImageConverter` saved
+            with it (`image_converter.json`).
+
+    Example:
+    >>> save_student_preset(distiller.student, "my_apm",
+    ...                     distiller.image_converter)
+    >>> keras_apm.APM.from_preset("my_apm")
+    """
+
+    def write(staged):
+        student.save_to_preset(staged)
+        if image_converter is not None:
+            image_converter.save_to_preset(staged)
+
+    return atomic_write(directory, write)
+
+
+class DistillCheckpoint(keras.callbacks.Callback):
+    """Saves the distillation state each epoch, and resumes from it.
+
+    After every epoch (or every `every` epochs) the callback writes
+    `directory/epoch_NNNNN/`: the student as a preset (loadable with
+    `keras_apm.APM.from_preset`), the optimizer's variables
+    (`optimizer.npz`: moments, step count) and `state.json` (the epoch
+    count and that epoch's logs). Each is staged under a temporary name and
+    renamed; then `directory/latest.json` is replaced to point at it, and
+    older epochs beyond `keep` are deleted. `restore` loads the newest
+    complete checkpoint into a compiled distiller and returns the epoch to
+    pass as `fit(initial_epoch=...)`, so an interrupted run continues where
+    its last checkpoint left it (the data order of the resumed epochs
+    follows the pipeline, e.g. a seeded shuffle reshuffles anew).
+
+    Args:
+        directory: where checkpoints go (created if needed).
+        every: int, save every `every` epochs (the last epoch of `fit` is
+            always saved).
+        keep: int, how many checkpoints to keep (newest first).
+
+    Example:
+    ```python
+    checkpoint = keras_apm.distill.DistillCheckpoint("run/checkpoints")
+    distiller.compile(optimizer="adam")
+    initial_epoch = checkpoint.restore(distiller)  # 0 on a fresh run
+    distiller.fit(ds, epochs=20, initial_epoch=initial_epoch,
+                  callbacks=[checkpoint])
+    ```
+    """
+
+    def __init__(self, directory, every=1, keep=1):
+        super().__init__()
+        for name, value in (("every", every), ("keep", keep)):
+            if isinstance(value, bool) or not isinstance(value, int) or (
+                value < 1
+            ):
+                raise ValueError(
+                    f"`{name}` must be a positive int. Received {value!r}."
+                )
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.every = every
+        self.keep = keep
+        self._epochs = None
+
+    # --- callback hooks ----------------------------------------------
+    def on_train_begin(self, logs=None):
+        self._epochs = self.params.get("epochs") if self.params else None
+
+    def on_epoch_end(self, epoch, logs=None):
+        last = self._epochs is not None and epoch + 1 == self._epochs
+        if (epoch + 1) % self.every == 0 or last:
+            self.save(self.model, epoch + 1, logs)
+
+    # --- saving and restoring ----------------------------------------
+    def save(self, distiller, epoch, logs=None):
+        """Writes the checkpoint of `epoch` completed epochs."""
+        os.makedirs(self.directory, exist_ok=True)
+        name = f"epoch_{int(epoch):05d}"
+
+        def write(staged):
+            save_student_preset(
+                distiller.student,
+                os.path.join(staged, "student"),
+                distiller.image_converter,
+            )
+            optimizer = distiller.optimizer
+            arrays = {
+                f"v{i:05d}": keras.ops.convert_to_numpy(v.value)
+                for i, v in enumerate(optimizer.variables)
+            }
+            paths = [v.path for v in optimizer.variables]
+            np.savez(os.path.join(staged, OPTIMIZER_FILE), **arrays)
+            state = {
+                "epoch": int(epoch),
+                "logs": {k: float(v) for k, v in (logs or {}).items()},
+                "optimizer": type(optimizer).__name__,
+                "optimizer_variables": paths,
+            }
+            write_json(os.path.join(staged, STATE_FILE), state)
+
+        atomic_write(os.path.join(self.directory, name), write)
+        write_json(
+            os.path.join(self.directory, LATEST_FILE),
+            {"checkpoint": name, "epoch": int(epoch)},
+        )
+        for old in self.checkpoints()[: -self.keep]:
+            shutil.rmtree(os.path.join(self.directory, old), ignore_errors=True)
+
+    def checkpoints(self):
+        """Names of the complete checkpoints, oldest first."""
+        if not os.path.isdir(self.directory):
+            return []
+        found = []
+        for entry in os.listdir(self.directory):
+            match = _EPOCH_DIR.match(entry)
+            path = os.path.join(self.directory, entry)
+            if match and os.path.isfile(os.path.join(path, STATE_FILE)):
+                found.append((int(match.group(1)), entry))
+        return [name for _, name in sorted(found)]
+
+    def latest(self):
+        """Path of the newest complete checkpoint, or None."""
+        names = self.checkpoints()
+        pointer = os.path.join(self.directory, LATEST_FILE)
+        if os.path.isfile(pointer):
+            try:
+                with open(pointer, encoding="utf-8") as f:
+                    name = json.load(f)["checkpoint"]
+                if name in names:
+                    return os.path.join(self.directory, name)
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # A damaged pointer: fall back to the newest directory.
+        return os.path.join(self.directory, names[-1]) if names else None
+
+    def restore(self, distiller):
+        """Loads the newest checkpoint into a compiled distiller.
+
+        Returns:
+            The number of epochs it had completed (0 if there is no
+            checkpoint): pass it to `fit(initial_epoch=...)`.
+
+        Raises:
+            ValueError: if the distiller is not compiled, or the checkpoint
+                does not fit its student or optimizer.
+        """
+        if getattr(distiller, "optimizer", None) is None:
+            raise ValueError(
+                "Compile the distiller (`distiller.compile(optimizer=...)`) "
+                "before restoring a checkpoint into it."
+            )
+        path = self.latest()
+        if path is None:
+            return 0
+        with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
+            state = json.load(f)
+        self._load_student(distiller.student, os.path.join(path, "student"))
+        optimizer = distiller.optimizer
+        if not optimizer.built:
+            optimizer.build(distiller.trainable_variables)
+        with np.load(os.path.join(path, OPTIMIZER_FILE)) as data:
+            arrays = [data[f"v{i:05d}"] for i in range(len(data.files))]
+        variables = optimizer.variables
+        shapes = [tuple(v.shape) for v in variables]
+        if (
+            state.get("optimizer") != type(optimizer).__name__
+            or [tuple(a.shape) for a in arrays] != shapes
+        ):
+            raise ValueError(
+                f"The checkpoint {path!r} holds the state of a "
+                f"{state.get('optimizer')} with {len(arrays)} variables; the "
+                f"distiller's optimizer is a {type(optimizer).__name__} with "
+                f"{len(variables)}. Resume with the optimizer of that run."
+            )
+        for variable, array in zip(variables, arrays):
+            variable.assign(array)
+        return int(state["epoch"])
+
+    @staticmethod
+    def _load_student(student, preset):
+        from keras_apm.models.apm import APM
+
+        saved = APM.from_preset(preset)
+
+        def architecture(model):
+            config = model.get_config()
+            for key in ("name", "dtype", "trainable"):
+                config.pop(key, None)
+            return config, [tuple(w.shape) for w in model.weights]
+
+        if architecture(saved) != architecture(student):
+            raise ValueError(
+                f"The checkpoint's student ({preset!r}) is not built like "
+                "the distiller's student. Resume with the same APM config."
+            )
+        for target, source in zip(student.weights, saved.weights):
+            target.assign(source.value)
