@@ -1,0 +1,84 @@
+"""Arguments and loading shared by the `keras-apm visualize` actions."""
+
+import os
+
+
+def add_common_arguments(parser, preset_required=True, gif=False):
+    parser.add_argument(
+        "--preset",
+        required=preset_required,
+        help="APM preset: built-in name, handle or directory",
+    )
+    parser.add_argument(
+        "--teacher", help="teacher preset (keras-hub ViT, DINOv2, CLIP)"
+    )
+    parser.add_argument(
+        "--image",
+        action="append",
+        required=True,
+        help="image file or skimage:NAME (repeat for several)",
+    )
+    parser.add_argument("--output", required=True, help="PNG file to write")
+    parser.add_argument(
+        "--method", default="pca", choices=("pca", "tsne", "kmeans")
+    )
+    parser.add_argument(
+        "--clusters", type=int, default=8, help="k-means clusters"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    if gif:
+        parser.add_argument(
+            "--gif", help="GIF file (default: --output with .gif)"
+        )
+        parser.add_argument(
+            "--no-gif", action="store_true", help="write no GIF"
+        )
+
+
+def check_common(args):
+    """Checks the cheap arguments first; returns the images."""
+    from keras_apm.visualize import load_image
+
+    if not args.output.lower().endswith(".png"):
+        raise ValueError(
+            f"--output must be a .png file. Received {args.output!r}."
+        )
+    if args.clusters < 1:
+        raise ValueError(f"--clusters must be >= 1. Received {args.clusters}.")
+    return [load_image(spec) for spec in args.image]
+
+
+def coloring(args):
+    """The `island_colors` keyword arguments the flags give."""
+    return {
+        "method": args.method,
+        "num_clusters": args.clusters,
+        "seed": args.seed,
+    }
+
+
+def gif_path(args):
+    if args.no_gif:
+        return None
+    path = args.gif or os.path.splitext(args.output)[0] + ".gif"
+    if not path.lower().endswith(".gif"):
+        raise ValueError(f"--gif must be a .gif file. Received {path!r}.")
+    return path
+
+
+def load_apm(args):
+    """`(model, converter, inputs, views)` for the preset and the images."""
+    from keras_apm import APM
+    from keras_apm.visualize import load_converter
+    from keras_apm.visualize import prepare_images
+
+    images = check_common(args)
+    model = APM.from_preset(args.preset)
+    converter = load_converter(args.preset)
+    inputs, views = prepare_images(images, model.image_shape, converter)
+    return model, converter, inputs, views
+
+
+def wrote(path, what=""):
+    size = os.path.getsize(path) / 1024
+    print(f"Wrote {path} ({size:.0f} KB{what}).")
