@@ -38,11 +38,8 @@ teacher = keras_apm.teachers.Teacher.from_preset("vit_tiny_digits")
 """
 
 import argparse
-import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -167,43 +164,26 @@ def top1_accuracy(classifier, images, labels, batch_size=128):
 
 
 def write_preset(classifier, output, info):
-    """Saves into a sibling temp dir, then renames it to `output`."""
-    output = os.path.abspath(output)
-    parent = os.path.dirname(output)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(
-        prefix=f".{os.path.basename(output)}.tmp-", dir=parent
-    )
+    """Saves under a staging name beside `output`, then renames it."""
+    import keras_hub
+
+    from keras_apm.utils.files import atomic_write
+    from keras_apm.utils.files import write_json
+
     # A fresh copy of the trained classifier, so the preset does not carry
     # the AdamW slots (task weights would triple in size, and every load
     # would warn about a mismatched optimizer).
-    import keras_hub
-
     clean = keras_hub.models.ViTImageClassifier.from_config(
         classifier.get_config()
     )
     clean.set_weights(classifier.get_weights())
-    old = None
-    try:
-        clean.save_to_preset(tmp)
-        with open(os.path.join(tmp, "training.json"), "w") as f:
-            json.dump(info, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0o700.
-        if os.path.exists(output):
-            old = tempfile.mkdtemp(
-                prefix=f".{os.path.basename(output)}.old-", dir=parent
-            )
-            os.rmdir(old)
-            os.rename(output, old)
-        os.rename(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not os.path.exists(output):
-            os.rename(old, output)  # Put the previous preset back.
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+
+    def write(staged):
+        clean.save_to_preset(staged)
+        write_json(os.path.join(staged, "training.json"), info)
+
+    output = os.path.abspath(output)
+    atomic_write(output, write)
     return output
 
 
