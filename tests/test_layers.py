@@ -199,3 +199,31 @@ def test_trigger_column_width_is_static_in_a_functional_model():
     images = keras.Input((16, 24, 3))
     trigger = layers.TriggerColumn(patch_size=8, channels=2)(images)
     assert tuple(trigger.shape) == (None, 2 * 3 * 2)
+
+
+@pytest.mark.parametrize("num_levels,rgb_head", [(1, True), (3, False)])
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("fractional", [False, True])
+def test_field_output_spec_matches_what_it_computes(
+    num_levels, rgb_head, dtype, fractional
+):
+    # The spec is written out (the torch backend would otherwise trace by
+    # running the MLP), so check it against a real call.
+    mlp = layers.PerceptionMLP(
+        (8, 8), 6, num_levels=num_levels, rgb_head=rgb_head, rgb_widths=(4,),
+        dtype=dtype,
+    )
+    field = layers.PerceptionField((2, 3), 4, mlp, dtype=dtype)
+    locations = (
+        ops.convert_to_tensor([[0.5, 1.25], [1.0, 2.0], [0.0, 0.0], [1, 0.5]])
+        if fractional
+        else None
+    )
+    symbolic = field(keras.Input((5,)), locations)
+    real = field(np.ones((2, 5), "float32"), locations)
+    assert set(symbolic) == set(real)
+    for key in real:
+        assert tuple(symbolic[key].shape)[1:] == tuple(real[key].shape)[1:]
+        assert symbolic[key].dtype == keras.backend.standardize_dtype(
+            real[key].dtype
+        ), key

@@ -89,6 +89,29 @@ class PerceptionField(keras.layers.Layer):
             for key in pieces[0]
         }
 
+    def compute_output_spec(self, trigger, locations=None, chunk_size="default"):
+        # Written out rather than traced: the torch backend traces a layer
+        # by running it on real zeros, which for the COCO-sized MLP costs a
+        # full forward pass (over a minute on a CPU) every time an APM is
+        # built.
+        if locations is None:
+            num_locations = self.grid_shape[0] * self.grid_shape[1]
+        else:
+            num_locations = locations.shape[0]
+        batch = trigger.shape[0]
+        dtype = self.mlp.compute_dtype
+        width = self.mlp.feature_dim
+
+        def spec(*tail):
+            return keras.KerasTensor((batch, num_locations, *tail), dtype=dtype)
+
+        outputs = {"features": spec(width)}
+        if self.mlp.level_heads:
+            outputs["levels"] = spec(self.mlp.num_levels, width)
+        if self.mlp.rgb_head:
+            outputs["rgb"] = spec(3)
+        return outputs
+
     def get_config(self):
         config = super().get_config()
         config.update(
