@@ -1,0 +1,87 @@
+"""`benchmarks/gpu.py --smoke` runs every measurement path on a CPU.
+
+The GPU figures come from a lent GPU machine (see CONTRIBUTING.md); here
+the script runs tiny configs in a subprocess under the current backend,
+so a broken code path shows up before anyone spends GPU time on it. Only
+the TTT-sized model is run (it is the one with every kind of measurement),
+in mixed_bfloat16 (the float32 path differs only by the policy name).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import pytest
+
+SCRIPT = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "benchmarks",
+    "gpu.py",
+)
+WHATS = {
+    "baseline_torch_inference",
+    "baseline_torch_training",
+    "inference",
+    "training",
+    "memory_chunked",
+    "ttt_batched",
+    "ttt_single",
+}
+
+
+def run(*args):
+    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend())
+    return subprocess.run(
+        [sys.executable, SCRIPT, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() == "tensorflow",
+    reason="benchmarks/gpu.py supports the jax and torch backends only",
+)
+def test_smoke_run_prints_every_measurement(tmp_path):
+    output = tmp_path / "gpu.jsonl"
+    proc = run(
+        "--smoke", "--models", "ttt", "--dtypes", "mixed_bfloat16",
+        "--output", str(output),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    records = [json.loads(line) for line in lines]  # Every line is JSON.
+    assert records
+    assert output.read_text().splitlines() == lines
+    assert {r["what"] for r in records} == WHATS
+    for record in records:
+        assert "error" not in record, record
+        assert "skipped" not in record, record
+        assert record["backend"] == keras.backend.backend()
+        assert record["model"] == "ttt" and record["smoke"] is True
+        assert record["images_per_s"] > 0, record
+    methods = {(r["what"], r["method"]) for r in records}
+    assert ("inference", "predict_on_batch") in methods
+    assert ("training", "train_function") in methods
+    assert ("training", "train_on_batch") in methods
+    memory = [r for r in records if r["what"] == "memory_chunked"]
+    assert [r["locations"] for r in memory] == [32, 64, 128]
+    for record in records:
+        if record["what"] in ("inference", "training"):
+            assert record["tflops"] > 0
+            assert record["ratio_to_torch_baseline"] > 0
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="checks the refusal under the tensorflow backend",
+)
+def test_refuses_tensorflow_backend():
+    proc = run("--smoke")
+    assert proc.returncode != 0
+    assert "jax and torch" in proc.stderr
+    assert proc.stdout == ""
