@@ -300,13 +300,22 @@ class BatchedTTT:
             )
             for n in names
         ]
-        self._stacked = [
-            np.broadcast_to(self.initial_weights[n], v.shape)
-            for n, v in zip(names, self._variables)
+        # The start of every `adapt`, kept on the device: one copy of the
+        # initial weights (broadcast to B at reset time) and the optimizer's
+        # fresh state, None where that is all zeros (moments). Resetting
+        # from host arrays would copy B stacked models to the device on
+        # every call.
+        self._initial = [
+            ops.convert_to_tensor(self.initial_weights[n]) for n in names
         ]
         self._optimizer = recipes.fresh_optimizer(self.optimizer)
         self._optimizer.build(self._variables)
-        self._fresh_state = [ops.convert_to_numpy(v) for v in self._optimizer.variables]
+        self._fresh_state = []
+        for variable in self._optimizer.variables:
+            fresh = ops.convert_to_numpy(variable)
+            self._fresh_state.append(
+                ops.convert_to_tensor(fresh) if fresh.any() else None
+            )
         spec, loss, weights = self.spec, self.loss, (self.grid_weight, self.rgb_weight)
 
         def loss_fn(values, batch):
@@ -362,10 +371,12 @@ class BatchedTTT:
             self._build(batch_size)
         # A fresh start for every image: initial weights, zero moments,
         # iteration 0 (so the learning-rate schedule restarts too).
-        for variable, value in zip(self._variables, self._stacked):
-            variable.assign(value)
+        for variable, value in zip(self._variables, self._initial):
+            variable.assign(ops.broadcast_to(value, variable.shape))
         for variable, value in zip(self._optimizer.variables, self._fresh_state):
-            variable.assign(value)
+            variable.assign(
+                ops.zeros(variable.shape, variable.dtype) if value is None else value
+            )
         losses = [self._step(batch) for _ in range(self.steps)]
         values = [v.value for v in self._variables]
         return {
