@@ -37,27 +37,10 @@ def digits():
     return images.astype("float32"), data.target[:128].astype("int32")
 
 
-@pytest.fixture(scope="module")
-def vit_preset(tmp_path_factory):
-    """A random 2-layer ViT (32x32 input, patch 8: a 4x4 grid of 16-d)."""
-    keras.utils.set_random_seed(7)
-    backbone = keras_hub.models.ViTBackbone(
-        image_shape=(32, 32, 3),
-        patch_size=8,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        mlp_dim=32,
-        dtype="float32",
-    )
-    path = str(tmp_path_factory.mktemp("vit_teacher"))
-    backbone.save_to_preset(path)
-    return path
-
 
 @pytest.fixture(scope="module")
-def teacher(vit_preset):
-    return Teacher.from_preset(vit_preset)
+def teacher(vit_teacher_preset):
+    return Teacher.from_preset(vit_teacher_preset)
 
 
 @pytest.fixture(scope="module")
@@ -244,10 +227,10 @@ def test_levels_from_cache_match_online_and_train(
     )
 
 
-def test_teacher_preset_and_default_student(vit_preset):
+def test_teacher_preset_and_default_student(vit_teacher_preset):
     # A preset name loads the teacher, with evenly spaced levels ending at
     # the last block when the student has levels.
-    distiller = APMDistiller(make_student(num_levels=2), vit_preset)
+    distiller = APMDistiller(make_student(num_levels=2), vit_teacher_preset)
     assert distiller.teacher.layer_indices == (0, 1)
     assert default_level_layers(12, 3) == (3, 7, 11)
     assert default_level_layers(2, 1) == (1,)

@@ -14,7 +14,6 @@ import sys
 import textwrap
 
 import keras
-import keras_hub
 import numpy as np
 import pytest
 
@@ -122,22 +121,6 @@ report(
 """
 
 
-@pytest.fixture(scope="module")
-def vit_preset(tmp_path_factory):
-    keras.utils.set_random_seed(7)
-    backbone = keras_hub.models.ViTBackbone(
-        image_shape=(32, 32, 3),
-        patch_size=8,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        mlp_dim=32,
-        dtype="float32",
-    )
-    path = str(tmp_path_factory.mktemp("vit_teacher"))
-    backbone.save_to_preset(path)
-    return path
-
 
 def run_script(script, preset, backend, **env):
     environment = dict(os.environ, KERAS_BACKEND=backend, **env)
@@ -170,10 +153,10 @@ def check_same_training(out):
 @pytest.mark.skipif(
     keras.backend.backend() != "jax", reason="runs once, in the JAX suite"
 )
-def test_jax_data_parallel(vit_preset):
+def test_jax_data_parallel(vit_teacher_preset):
     out = run_script(
         JAX_SCRIPT,
-        vit_preset,
+        vit_teacher_preset,
         "jax",
         XLA_FLAGS="--xla_force_host_platform_device_count=4",
     )
@@ -185,8 +168,8 @@ def test_jax_data_parallel(vit_preset):
     keras.backend.backend() != "tensorflow",
     reason="runs once, in the TensorFlow suite",
 )
-def test_tensorflow_mirrored_strategy(vit_preset):
-    out = run_script(TF_SCRIPT, vit_preset, "tensorflow")
+def test_tensorflow_mirrored_strategy(vit_teacher_preset):
+    out = run_script(TF_SCRIPT, vit_teacher_preset, "tensorflow")
     assert out["replicas"] == 2
     assert out["mirrored"] == "MirroredVariable"
     check_same_training(out)

@@ -7,6 +7,8 @@ from keras import ops
 
 from keras_apm.distill import losses
 from keras_apm.teachers.teacher import Teacher
+from keras_apm.utils.validation import check_pixel_dtype
+from keras_apm.utils.validation import static_shape
 
 GLOBAL_LOSSES = ("cosine", "mse")
 # The one backend-specific part of distillation: the training step.
@@ -25,10 +27,6 @@ def _step_module():
             f"Received KERAS_BACKEND={backend!r}."
         )
     return importlib.import_module(_STEP_MODULES[backend])
-
-
-def _static_shape(x):
-    return tuple(None if d is None else int(d) for d in x.shape)
 
 
 def _check_weight(value, name):
@@ -300,7 +298,7 @@ class APMDistiller(keras.Model):
         return keys
 
     def _check_images(self, images):
-        shape = _static_shape(images)
+        shape = static_shape(images)
         height, width, _ = self.student.image_shape
         expected = f"(batch, {height}, {width}, 3)"
         if len(shape) != 4 or shape[-1] != 3:
@@ -318,12 +316,7 @@ class APMDistiller(keras.Model):
                 f"`keras_apm.data.image_dataset(..., image_size=({height}, "
                 f"{width}))`."
             )
-        dtype = keras.backend.standardize_dtype(images.dtype)
-        if not ("float" in dtype or "int" in dtype):
-            raise ValueError(
-                "Expected RGB pixel values as floats (or ints) in [0, 255]. "
-                f"Received dtype {dtype}."
-            )
+        check_pixel_dtype(images)
 
     def _cached_targets(self, batch):
         missing = [k for k in self._required_keys() if k not in batch]
@@ -336,7 +329,7 @@ class APMDistiller(keras.Model):
             )
         h, w = self.student.grid_shape
         d = self.student.feature_dim
-        batch_size = _static_shape(batch["images"])[0]
+        batch_size = static_shape(batch["images"])[0]
         expected = {"grid": (h, w, d), "global": (d,)}
         if self.num_level_terms:
             expected["levels"] = (self.num_level_terms, h, w, d)
@@ -344,7 +337,7 @@ class APMDistiller(keras.Model):
         for key, tail in expected.items():
             if key == "global" and not self.needs_global:
                 continue
-            shape = _static_shape(batch[key])
+            shape = static_shape(batch[key])
             if (
                 len(shape) != len(tail) + 1
                 or shape[1:] != tail

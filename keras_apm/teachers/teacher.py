@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from keras_apm.teachers import teacher_utils
+from keras_apm.utils.validation import check_pixel_dtype
 
 _TEACHER_CLASSES = []
 
@@ -395,12 +396,7 @@ class Teacher(keras.layers.Layer):
                     f"Expected images with a positive {name}. Received "
                     f"shape {shape}."
                 )
-        dtype = keras.backend.standardize_dtype(images.dtype)
-        if not ("float" in dtype or "int" in dtype):
-            raise ValueError(
-                "Expected RGB pixel values as floats (or ints) in [0, 255]. "
-                f"Received dtype {dtype}."
-            )
+        check_pixel_dtype(images)
         return images
 
     def _check_data_format(self):

@@ -8,7 +8,8 @@ import keras
 from keras import ops
 
 
-def _static_shape(x):
+def static_shape(x):
+    """The shape of `x` as a tuple of ints, `None` where unknown."""
     shape = getattr(x, "shape", None)
     if shape is None:
         shape = np.shape(x)
@@ -31,7 +32,7 @@ def check_image_batch(shape_or_images, patch_size=None, image_shape=None):
     ):
         shape = tuple(shape_or_images)
     else:
-        shape = _static_shape(shape_or_images)
+        shape = static_shape(shape_or_images)
     if len(shape) != 4:
         expected = (
             f"(batch, {image_shape[0]}, {image_shape[1]}, {image_shape[2]})"
@@ -78,6 +79,20 @@ def check_float_dtype(x, what="images"):
         )
 
 
+def check_pixel_dtype(x):
+    """Raises unless `x` holds numbers (floats or ints) usable as pixels.
+
+    Raw pixel values in [0, 255] may come as uint8 or float; a bool or
+    string tensor is a mistake in the pipeline.
+    """
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    if not ("float" in dtype or "int" in dtype):
+        raise ValueError(
+            "Expected RGB pixel values as floats (or ints) in [0, 255]. "
+            f"Received dtype {dtype}."
+        )
+
+
 def check_finite(x, what="images"):
     """Raises if a concrete `x` holds NaN or Inf.
 
@@ -103,7 +118,7 @@ def check_locations(locations, grid_shape):
 
     Fractional locations are allowed anywhere in `[0, h - 1] x [0, w - 1]`.
     """
-    shape = _static_shape(locations)
+    shape = static_shape(locations)
     if len(shape) != 2 or shape[1] != 2:
         raise ValueError(
             "Expected locations of shape (num_locations, 2) holding (y, x). "
