@@ -1,5 +1,7 @@
 """Attention-pool global head of the official TTT model."""
 
+import math
+
 import keras
 from keras import ops
 
@@ -14,7 +16,10 @@ class AttentionPoolHead(keras.layers.Layer):
     Keys and values are the grid features plus the 2-D sine/cosine code of
     width `D` (the official `pos_output`); the query is a learned `D`-vector.
     Standard multi-head attention with input and output projections and
-    biases (the official `nn.MultiheadAttention(D, 8)`).
+    biases (the official `nn.MultiheadAttention(D, 8)`), computed in the
+    folded one-query form of `call_with_weights`. The projections are the
+    variables of a `keras.layers.MultiHeadAttention` sublayer (kept so that
+    weight paths, presets and the official converter stay as they are).
 
     Args:
         num_heads: int, attention heads (official: 8).
@@ -58,16 +63,68 @@ class AttentionPoolHead(keras.layers.Layer):
         self.attention.build((None, 1, dim), (None, None, dim), (None, None, dim))
         self.built = True
 
-    def call(self, features):
+    def explicit_weights(self):
+        """The head's variables as `call_with_weights` takes them.
+
+        The learned query and the attention's projections; the key bias is
+        left out: with one query it adds the same number to every
+        location's score, which the softmax cancels.
+        """
+        attention = self.attention
+        return {
+            "query": self.query,
+            "query_kernel": attention.query_dense.kernel,
+            "query_bias": attention.query_dense.bias,
+            "key_kernel": attention.key_dense.kernel,
+            "value_kernel": attention.value_dense.kernel,
+            "value_bias": attention.value_dense.bias,
+            "output_kernel": attention.output_dense.kernel,
+            "output_bias": attention.output_dense.bias,
+        }
+
+    def call_with_weights(self, weights, features):
+        """The global vectors from explicit weights.
+
+        Multi-head attention of one query, folded: location l's score in
+        head h is `keys[l] . (W_k[:, h] q_h)` (the key bias is the same for
+        every l and cancels in the softmax), and as the attention weights
+        sum to 1, `sum_l a_l (keys[l] W_v + b_v) = (sum_l a_l keys[l]) W_v
+        + b_v`. So one query costs `D x D` work where projecting every
+        key and value costs `L x D x D`; the result is that of
+        `keras.layers.MultiHeadAttention` (float rounding aside).
+
+        Args:
+            weights: `explicit_weights()`'s structure; each weight may carry
+                a leading per-image axis `B` (one head per image).
+            features: `(B, h, w, D)` in the compute dtype.
+
+        Returns:
+            `(B, D)` global vectors.
+        """
         h, w, dim = features.shape[1], features.shape[2], features.shape[3]
-        batch = ops.shape(features)[0]
+        dtype = features.dtype
+        weights = {k: ops.cast(v, dtype) for k, v in weights.items()}
         codes = sincos_position_encoding_2d(grid_locations((h, w)), dim)
-        keys = ops.reshape(features, (batch, h * w, dim))
-        keys = keys + ops.cast(codes, keys.dtype)[None]
-        query = ops.cast(self.query, keys.dtype)
-        query = ops.broadcast_to(query[None, None, :], (batch, 1, dim))
-        pooled = self.attention(query, keys, keys)
-        return pooled[:, 0, :]
+        keys = ops.reshape(features, (-1, h * w, dim)) + ops.cast(codes, dtype)
+        # "..." is the per-image axis of stacked weights (empty otherwise).
+        query = ops.einsum(
+            "...d,...dhk->...hk", weights["query"], weights["query_kernel"]
+        )
+        query = query + weights["query_bias"]
+        key_dim = query.shape[-1]
+        query = query * ops.cast(1.0 / math.sqrt(key_dim), dtype)
+        folded = ops.einsum("...dhk,...hk->...dh", weights["key_kernel"], query)
+        scores = ops.matmul(keys, folded)  # (B, L, heads)
+        # The softmax in float32 whatever the policy (as cheap as it gets).
+        attention = ops.softmax(ops.cast(scores, "float32"), axis=1)
+        pooled = ops.einsum("blh,bld->bhd", ops.cast(attention, dtype), keys)
+        values = ops.einsum("...hd,...dhk->...hk", pooled, weights["value_kernel"])
+        values = values + weights["value_bias"]
+        out = ops.einsum("...hk,...hke->...e", values, weights["output_kernel"])
+        return out + weights["output_bias"]
+
+    def call(self, features):
+        return self.call_with_weights(self.explicit_weights(), features)
 
     def compute_output_shape(self, features_shape):
         return (features_shape[0], features_shape[-1])

@@ -5,7 +5,9 @@ from keras import ops
 
 from keras_apm.layers.perception_mlp import PerceptionMLP
 from keras_apm.layers.position_encoding import grid_locations
+from keras_apm.layers.position_encoding import position_codes
 from keras_apm.layers.query_unfold import QueryUnfold
+from keras_apm.layers.query_unfold import unfold_queries
 
 
 @keras.saving.register_keras_serializable(package="keras_apm")
@@ -54,6 +56,8 @@ class PerceptionField(keras.layers.Layer):
         self.mlp = mlp
         self.chunk_size = _check_chunk_size(chunk_size)
         self.fast_path = bool(fast_path)
+        # Kept (no weights) so the layer tree of saved APMs stays the same;
+        # the math uses `unfold_queries` in the compute dtype of the call.
         self.unfold = QueryUnfold(
             self.position_dim, dtype=self.dtype_policy, name="unfold"
         )
@@ -62,13 +66,16 @@ class PerceptionField(keras.layers.Layer):
         self.mlp.build((None, trigger_shape[-1] + self.position_dim))
         self.built = True
 
-    def _evaluate(self, trigger, locations):
-        if self.fast_path:
-            codes = self.unfold.position_codes(locations)
-            return self.mlp.split_call(trigger, codes)
-        return self.mlp(self.unfold(trigger, locations))
+    def explicit_weights(self):
+        """The MLP's weights (`PerceptionMLP.explicit_weights`)."""
+        return self.mlp.explicit_weights()
 
-    def call(self, trigger, locations=None, chunk_size="default"):
+    def call_with_weights(self, weights, trigger, locations=None, chunk_size="default"):
+        """`call` from explicit weights: the MLP's, or one set per image.
+
+        Computes in the dtype of `trigger`; see
+        `PerceptionMLP.call_with_weights` for the weights.
+        """
         if locations is None:
             locations = grid_locations(self.grid_shape)
         chunk_size = (
@@ -78,16 +85,27 @@ class PerceptionField(keras.layers.Layer):
         )
         num_locations = locations.shape[0]
         if chunk_size is None or num_locations <= chunk_size:
-            return self._evaluate(trigger, locations)
+            return self._evaluate(weights, trigger, locations)
         # The asynchronous evaluation: independent chunks of locations.
         pieces = [
-            self._evaluate(trigger, locations[start : start + chunk_size])
+            self._evaluate(weights, trigger, locations[start : start + chunk_size])
             for start in range(0, num_locations, chunk_size)
         ]
         return {
             key: ops.concatenate([piece[key] for piece in pieces], axis=1)
             for key in pieces[0]
         }
+
+    def _evaluate(self, weights, trigger, locations):
+        codes = position_codes(locations, self.position_dim, trigger.dtype)
+        if self.fast_path:
+            return self.mlp.split_call_with_weights(weights, trigger, codes)
+        return self.mlp.call_with_weights(weights, unfold_queries(trigger, codes))
+
+    def call(self, trigger, locations=None, chunk_size="default"):
+        return self.call_with_weights(
+            self.explicit_weights(), trigger, locations, chunk_size
+        )
 
     def compute_output_spec(self, trigger, locations=None, chunk_size="default"):
         # Written out rather than traced: the torch backend traces a layer

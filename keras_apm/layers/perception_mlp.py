@@ -3,6 +3,9 @@
 import keras
 from keras import ops
 
+from keras_apm.layers.explicit_weights import dense
+from keras_apm.layers.explicit_weights import dense_weights
+from keras_apm.layers.explicit_weights import split_dense
 from keras_apm.layers.initializers import fresh_initializer
 
 
@@ -19,7 +22,9 @@ class PerceptionMLP(keras.layers.Layer):
     `call(queries)` is the direct form. `split_call(trigger, codes)` gives the
     same numbers without building the queries: the query is `[T ; PE]` and `T`
     is the same at every location, so the first trunk layer (and the `T` part
-    of the RGB head) is one product per image plus one per location.
+    of the RGB head) is one product per image plus one per location. Both
+    compute from explicit weights (`call_with_weights`,
+    `split_call_with_weights`), the MLP's own or one set per image.
 
     Args:
         trunk_widths: tuple of ints, hidden widths of the trunk.
@@ -118,44 +123,66 @@ class PerceptionMLP(keras.layers.Layer):
             shape = (None, layer.units)
         self.built = True
 
-    def _heads(self, hidden, queries_or_parts):
-        features = self.feature_head(hidden)
+    def explicit_weights(self):
+        """The MLP's variables as `call_with_weights` takes them.
+
+        `{"trunk": [...], "levels": [...], "features": ..., "rgb": [...]}`,
+        each entry a Dense layer's `{"kernel", "bias"}`; `"levels"` holds
+        the lower GLOM levels' heads, `"rgb"` the RGB head's layers.
+        """
+        return {
+            "trunk": [dense_weights(layer) for layer in self.trunk],
+            "levels": [dense_weights(layer) for layer in self.level_heads],
+            "features": dense_weights(self.feature_head),
+            "rgb": [dense_weights(layer) for layer in self.rgb_layers],
+        }
+
+    def call_with_weights(self, weights, queries):
+        """`call` from explicit weights (`explicit_weights()`'s structure).
+
+        Each weight may carry a leading per-image axis `B` (one MLP per
+        image; `queries` then `(B, ..., n + d)`). A head whose weights are
+        left out (an empty `"levels"` or `"rgb"` list) is not computed.
+        """
+        x = queries
+        for layer, layer_weights in zip(self.trunk, weights["trunk"]):
+            x = dense(layer_weights, x, layer.activation)
+        return self._heads(weights, x, [queries])
+
+    def split_call_with_weights(self, weights, trigger, codes):
+        """`split_call` from explicit weights, as `call_with_weights`.
+
+        `trigger` `(B, n)` and `codes` `(L, d)` in the compute dtype.
+        """
+        # [T ; PE] @ K: the T share once per image, the PE share once per
+        # location (for every image when the weights are stacked).
+        parts = [trigger[:, None, :], codes]
+        x = split_dense(weights["trunk"][0], parts, self.trunk[0].activation)
+        for layer, layer_weights in zip(self.trunk[1:], weights["trunk"][1:]):
+            x = dense(layer_weights, x, layer.activation)
+        return self._heads(weights, x, parts)
+
+    def _heads(self, weights, hidden, query_parts):
+        features = dense(weights["features"], hidden)
         outputs = {"features": features}
-        if self.level_heads:
-            levels = [head(hidden) for head in self.level_heads] + [features]
+        if weights["levels"]:
+            levels = [dense(w, hidden) for w in weights["levels"]] + [features]
             # (..., L, D): the level axis sits just before the channels.
             outputs["levels"] = ops.stack(levels, axis=-2)
-        if self.rgb_head:
-            outputs["rgb"] = self._rgb(features, queries_or_parts)
-        return outputs
-
-    def _rgb(self, features, queries_or_parts):
-        first = self.rgb_layers[0]
-        if isinstance(queries_or_parts, tuple):
-            trigger, codes = queries_or_parts
-            kernel = ops.cast(first.kernel, self.compute_dtype)
-            d, n = self.feature_dim, ops.shape(trigger)[-1]
-            bias = ops.cast(first.bias, self.compute_dtype)
-            per_image = ops.matmul(trigger, kernel[d : d + n]) + bias
-            per_location = ops.matmul(codes, kernel[d + n :])
-            x = (
-                ops.matmul(features, kernel[:d])
-                + per_image[:, None, :]
-                + per_location[None]
+        if weights["rgb"]:
+            # The RGB head reads [feature ; query], split like the trunk.
+            first, *rest = weights["rgb"]
+            x = split_dense(
+                first, [features] + query_parts, self.rgb_layers[0].activation
             )
-            x = first.activation(x)
-        else:
-            x = first(ops.concatenate([features, queries_or_parts], axis=-1))
-        for layer in self.rgb_layers[1:]:
-            x = layer(x)
-        return x
+            for layer, layer_weights in zip(self.rgb_layers[1:], rest):
+                x = dense(layer_weights, x, layer.activation)
+            outputs["rgb"] = x
+        return outputs
 
     def call(self, queries):
         """Direct form: `(..., n + d)` queries -> dict of `(..., ·)`."""
-        x = queries
-        for layer in self.trunk:
-            x = layer(x)
-        return self._heads(x, queries)
+        return self.call_with_weights(self.explicit_weights(), queries)
 
     def split_call(self, trigger, codes):
         """Exact fast form: `(B, n)` triggers and `(L, d)` codes -> `(B, L, ·)`.
@@ -164,16 +191,9 @@ class PerceptionMLP(keras.layers.Layer):
         """
         trigger = ops.cast(trigger, self.compute_dtype)
         codes = ops.cast(codes, self.compute_dtype)
-        first = self.trunk[0]
-        kernel = ops.cast(first.kernel, self.compute_dtype)
-        n = ops.shape(trigger)[-1]
-        bias = ops.cast(first.bias, self.compute_dtype)
-        per_image = ops.matmul(trigger, kernel[:n]) + bias  # (B, w1)
-        per_location = ops.matmul(codes, kernel[n:])  # (L, w1)
-        x = first.activation(per_image[:, None, :] + per_location[None])
-        for layer in self.trunk[1:]:
-            x = layer(x)
-        return self._heads(x, (trigger, codes))
+        return self.split_call_with_weights(
+            self.explicit_weights(), trigger, codes
+        )
 
     def get_config(self):
         config = super().get_config()

@@ -40,11 +40,7 @@ def sincos_position_encoding_2d(locations, dim):
     Example:
     >>> codes = sincos_position_encoding_2d(grid_locations((32, 32)), 1024)
     """
-    if dim % 4 != 0:
-        raise ValueError(
-            "The 2-D sine/cosine position code needs a width divisible by 4. "
-            f"Received: dim={dim}"
-        )
+    dim = check_code_width(dim)
     # Computed in float32 whatever the dtype policy: bf16 would round the
     # phase of high-frequency channels badly for grids of 32 and more.
     locations = ops.cast(locations, "float32")
@@ -63,6 +59,21 @@ def sincos_position_encoding_2d(locations, dim):
     return ops.concatenate([interleave(x), interleave(y)], axis=-1)
 
 
+def check_code_width(dim, name="dim"):
+    """`dim` as an int, or a ValueError unless it is divisible by 4."""
+    if int(dim) != dim or int(dim) < 4 or int(dim) % 4:
+        raise ValueError(
+            "The 2-D sine/cosine position code needs a width divisible by 4. "
+            f"Received: {name}={dim}"
+        )
+    return int(dim)
+
+
+def position_codes(locations, dim, dtype):
+    """`sincos_position_encoding_2d` cast to `dtype` (a layer's compute dtype)."""
+    return ops.cast(sincos_position_encoding_2d(locations, dim), dtype)
+
+
 @keras.saving.register_keras_serializable(package="keras_apm")
 class SinCosPositionEncoding2D(keras.layers.Layer):
     """Layer form of `sincos_position_encoding_2d` (no weights).
@@ -78,17 +89,11 @@ class SinCosPositionEncoding2D(keras.layers.Layer):
 
     def __init__(self, dim, **kwargs):
         super().__init__(**kwargs)
-        if int(dim) % 4 != 0:
-            raise ValueError(
-                "`SinCosPositionEncoding2D` needs `dim` divisible by 4. "
-                f"Received: dim={dim}"
-            )
-        self.dim = int(dim)
+        self.dim = check_code_width(dim)
         self.built = True
 
     def call(self, locations):
-        codes = sincos_position_encoding_2d(locations, self.dim)
-        return ops.cast(codes, self.compute_dtype)
+        return position_codes(locations, self.dim, self.compute_dtype)
 
     def compute_output_shape(self, locations_shape):
         return tuple(locations_shape[:-1]) + (self.dim,)

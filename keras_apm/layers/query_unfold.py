@@ -3,7 +3,8 @@
 import keras
 from keras import ops
 
-from keras_apm.layers.position_encoding import sincos_position_encoding_2d
+from keras_apm.layers.position_encoding import check_code_width
+from keras_apm.layers.position_encoding import position_codes
 
 
 @keras.saving.register_keras_serializable(package="keras_apm")
@@ -33,32 +34,16 @@ class QueryUnfold(keras.layers.Layer):
 
     def __init__(self, position_dim, **kwargs):
         super().__init__(**kwargs)
-        if int(position_dim) % 4 != 0:
-            raise ValueError(
-                "`position_dim` must be divisible by 4. "
-                f"Received: position_dim={position_dim}"
-            )
-        self.position_dim = int(position_dim)
+        self.position_dim = check_code_width(position_dim, "position_dim")
         self.built = True
 
     def position_codes(self, locations):
         """The `(L, d)` position codes of `locations`, in the compute dtype."""
-        codes = sincos_position_encoding_2d(locations, self.position_dim)
-        return ops.cast(codes, self.compute_dtype)
+        return position_codes(locations, self.position_dim, self.compute_dtype)
 
     def call(self, trigger, locations):
         trigger = ops.cast(trigger, self.compute_dtype)
-        codes = self.position_codes(locations)
-        batch = ops.shape(trigger)[0]
-        num_locations = ops.shape(codes)[0]
-        trigger = ops.broadcast_to(
-            trigger[:, None, :],
-            (batch, num_locations, ops.shape(trigger)[-1]),
-        )
-        codes = ops.broadcast_to(
-            codes[None], (batch, num_locations, self.position_dim)
-        )
-        return ops.concatenate([trigger, codes], axis=-1)
+        return unfold_queries(trigger, self.position_codes(locations))
 
     def compute_output_shape(self, trigger_shape, locations_shape):
         width = None if trigger_shape[-1] is None else (
@@ -70,3 +55,18 @@ class QueryUnfold(keras.layers.Layer):
         config = super().get_config()
         config.update({"position_dim": self.position_dim})
         return config
+
+
+def unfold_queries(trigger, codes):
+    """`(B, n)` triggers and `(L, d)` codes -> `(B, L, n + d)` queries `[T ; PE]`.
+
+    Example:
+    >>> unfold_queries(np.zeros((2, 64)), np.zeros((16, 32))).shape
+    (2, 16, 96)
+    """
+    batch, num_locations = ops.shape(trigger)[0], ops.shape(codes)[0]
+    trigger = ops.broadcast_to(
+        trigger[:, None, :], (batch, num_locations, ops.shape(trigger)[-1])
+    )
+    codes = ops.broadcast_to(codes[None], (batch, num_locations, ops.shape(codes)[-1]))
+    return ops.concatenate([trigger, codes], axis=-1)

@@ -55,13 +55,47 @@ class TriggerColumn(keras.layers.Layer):
         self.conv.build(images_shape)
         self.built = True
 
-    def call(self, images):
-        x = self.conv(images)
+    def explicit_weights(self):
+        """`{"kernel", "bias"}`: the convolution's variables."""
+        return {"kernel": self.conv.kernel, "bias": self.conv.bias}
+
+    def call_with_weights(self, weights, images):
+        """The trigger columns from explicit weights.
+
+        Args:
+            weights: `{"kernel": (p, p, C, c), "bias": (c,)}`, or stacked
+                `(B, p, p, C, c)` and `(B, c)`: one set per image.
+            images: `(B, H, W, C)`; the dtype is the compute dtype.
+
+        Returns:
+            `(B, h * w * c)` trigger columns, flattened `(y, x, channel)`.
+        """
+        kernel = ops.cast(weights["kernel"], images.dtype)
+        bias = ops.cast(weights["bias"], images.dtype)
+        if len(kernel.shape) == 4:
+            x = ops.conv(
+                images, kernel, strides=self.patch_size, padding="valid",
+                data_format="channels_last",
+            )
+            x = x + bias
+        else:
+            # One kernel per image: a valid convolution with kernel = stride
+            # = p is a contraction over the (p, p, C) patches.
+            p = self.patch_size
+            _, height, width, channels = images.shape
+            patches = ops.reshape(
+                images, (-1, height // p, p, width // p, p, channels)
+            )
+            x = ops.einsum("byixjc,bijco->byxo", patches, kernel)
+            x = x + bias[:, None, None, :]
         # A static width keeps the trigger's shape known to later layers
         # (and to exporters); -1 only when the image size is dynamic.
         h, w = x.shape[1], x.shape[2]
         width = -1 if h is None or w is None else h * w * self.channels
         return ops.reshape(x, (ops.shape(x)[0], width))
+
+    def call(self, images):
+        return self.call_with_weights(self.explicit_weights(), images)
 
     def compute_output_shape(self, images_shape):
         h = images_shape[1] // self.patch_size

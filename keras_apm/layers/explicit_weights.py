@@ -1,0 +1,84 @@
+"""Dense math from explicit weights, with an optional per-image axis.
+
+Every APM layer computes from a structure of weights it is given (its own
+variables in `call`, one stacked copy per image in `keras_apm.BatchedTTT`).
+A weight of its usual rank is shared by all images; one with an extra
+leading axis `B` is *stacked*: image `b` of the activations meets only
+`weight[b]`.
+"""
+
+from keras import ops
+
+
+def dense_weights(layer):
+    """`{"kernel", "bias"}` of a built `keras.layers.Dense` (its variables).
+
+    Example:
+    >>> weights = dense_weights(mlp.trunk[0])
+    """
+    if getattr(layer, "quantization_mode", None):
+        raise ValueError(
+            f"Layer {layer.path!r} is quantized by Keras "
+            f"({layer.quantization_mode}); APM layers compute from float "
+            "weights. Quantize an exported model instead (`keras_apm.export`)."
+        )
+    return {"kernel": layer.kernel, "bias": layer.bias}
+
+
+def per_image(weight, rank, ndim):
+    """`weight` ready to broadcast against activations of rank `ndim`.
+
+    A weight of rank `rank` (shared) is returned as it is; a stacked one
+    `(B, ...)` gets singleton axes after its image axis, so that it meets
+    activations `(B, ..., ·)` image by image.
+    """
+    for _ in range(ndim - len(weight.shape) if len(weight.shape) > rank else 0):
+        weight = ops.expand_dims(weight, 1)
+    return weight
+
+
+def dense(weights, x, activation=None):
+    """`activation(x @ kernel + bias)`, as `keras.layers.Dense` computes it.
+
+    The weights are cast to the dtype of `x` (the layer's compute dtype
+    under a mixed-precision policy). Stacked weights need `x` of shape
+    `(B, ..., in)`.
+
+    Example:
+    >>> y = dense({"kernel": k, "bias": b}, x, keras.activations.relu)
+    """
+    ndim = len(x.shape)
+    kernel = per_image(ops.cast(weights["kernel"], x.dtype), 2, ndim)
+    y = ops.matmul(x, kernel)
+    y = y + per_image(ops.cast(weights["bias"], x.dtype), 1, len(y.shape))
+    return y if activation is None else activation(y)
+
+
+def split_dense(weights, parts, activation=None):
+    """`dense` of the concatenation `[a ; b ; ...]` without building it.
+
+    `[a ; b] @ K = a @ K[:len(a)] + b @ K[len(a):]`, and the parts may
+    broadcast against each other: the APM feeds the trigger column `T` as
+    `(B, 1, n)` and the position codes `PE` as `(L, d)`, so the `T` share is
+    one product per image and the `PE` share one per location, where the
+    concatenated queries `(B, L, n + d)` would cost `B * L` of both.
+
+    Args:
+        weights: `{"kernel": (..., sum of widths, out), "bias": (..., out)}`.
+        parts: the tensors in concatenation order (one dtype).
+        activation: applied to the sum.
+
+    Example:
+    >>> y = split_dense(weights, [trigger[:, None, :], codes])  # (B, L, out)
+    """
+    dtype = parts[0].dtype
+    kernel = ops.cast(weights["kernel"], dtype)
+    y, start = None, 0
+    for x in parts:
+        width = x.shape[-1]
+        piece = kernel[..., start : start + width, :]
+        term = ops.matmul(x, per_image(piece, 2, len(x.shape)))
+        y = term if y is None else y + term
+        start += width
+    y = y + per_image(ops.cast(weights["bias"], dtype), 1, len(y.shape))
+    return y if activation is None else activation(y)
