@@ -23,18 +23,29 @@ def mean_squared_error(predictions, targets):
     return ops.mean(ops.square(_f32(predictions) - _f32(targets)))
 
 
-def mean_cosine(predictions, targets):
-    """Cosine similarity along the last axis, averaged over all other axes.
+def cosine_similarity(predictions, targets):
+    """Cosine similarity along the last axis, one per vector (float32).
 
-    A zero vector has cosine 0 with anything (an epsilon in the norm keeps
-    the gradient finite).
+    The one cosine of the package: distillation averages it
+    (`mean_cosine`), test-time training's `"cosine"` loss is `1 -` it per
+    image. A zero vector has cosine 0 with anything (an epsilon in the norm
+    keeps the gradient finite).
+
+    Example:
+    >>> cosine_similarity(np.eye(3), np.ones((3, 3)))  # 3 x 0.577
+    """
+    a = ops.normalize(_f32(predictions), axis=-1, epsilon=1e-12)
+    b = ops.normalize(_f32(targets), axis=-1, epsilon=1e-12)
+    return ops.sum(a * b, axis=-1)
+
+
+def mean_cosine(predictions, targets):
+    """`cosine_similarity` averaged over all other axes.
 
     Example:
     >>> mean_cosine(np.eye(3), np.eye(3))  # 1.0
     """
-    a = ops.normalize(_f32(predictions), axis=-1, epsilon=1e-12)
-    b = ops.normalize(_f32(targets), axis=-1, epsilon=1e-12)
-    return ops.mean(ops.sum(a * b, axis=-1))
+    return ops.mean(cosine_similarity(predictions, targets))
 
 
 def patch_rgb_target(images, patch_size, scaling="minmax", channel_order="rgb"):

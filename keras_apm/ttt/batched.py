@@ -2,9 +2,10 @@
 
 Adapting one image at a time leaves the hardware idle (the official code
 feeds 8 copies of the image to fill a GPU). Here every weight of the student
-gets a leading *image axis*: image `b` is answered by `params[name][b]` only,
-every layer is a batched matrix product, and the loss is the *sum* of the
-per-image losses, so the gradient reaching `params[name][b]` is exactly the
+gets a leading *image axis*: image `b` is answered by `params[...][b]` only,
+every layer computes from these stacked weights with its own
+`call_with_weights` (the math of its `call`, so there is one APM), and the loss is the *sum* of the
+per-image losses, so the gradient reaching `params[...][b]` is exactly the
 gradient of image `b`'s own loss. The optimizer is a Keras optimizer whose
 update is element-wise (`recipes.ELEMENTWISE_OPTIMIZERS`), so each image also
 has its own moments. One compiled step therefore adapts B images as B
@@ -17,14 +18,12 @@ step is the backend-specific part (`jax_step.py`, `tensorflow_step.py`,
 """
 
 import importlib
-import math
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_apm.layers.position_encoding import grid_locations
-from keras_apm.layers.position_encoding import sincos_position_encoding_2d
+from keras_apm.distill.losses import cosine_similarity
 from keras_apm.ttt import recipes
 
 LOSSES = ("mse", "cosine")
@@ -46,175 +45,80 @@ def backend_step_module():
     return importlib.import_module(_STEP_MODULES[backend])
 
 
-class StudentSpec:
-    """What the batched forward pass needs to know about an `APM`."""
+def check_student(model, with_rgb=False):
+    """Raises a ValueError unless `model` is an APM that TTT can adapt."""
+    from keras_apm.models.apm import APM
 
-    def __init__(self, model, with_rgb=False):
-        from keras_apm.models.apm import APM
-
-        if not isinstance(model, APM):
-            raise ValueError(
-                f"Expected a `keras_apm.APM` student. Received {type(model).__name__}."
-            )
-        if not model.global_head:
-            raise ValueError(
-                "Test-time training regresses the student's global vector: "
-                "build the student with `global_head=True`."
-            )
-        if model.num_levels != 1:
-            raise ValueError(
-                "Batched test-time training supports students with one level "
-                f"(num_levels=1). Received num_levels={model.num_levels}."
-            )
-        if with_rgb and not model.rgb_head:
-            raise ValueError("`rgb_weight > 0` needs a student with `rgb_head=True`.")
-        self.grid_shape = tuple(model.grid_shape)
-        self.patch_size = int(model.patch_size)
-        self.image_shape = tuple(model.image_shape)
-        self.feature_dim = int(model.feature_dim)
-        self.num_trunk = len(model.trunk_widths)
-        self.key_dim = self.feature_dim // int(model.global_num_heads)
-        self.activation = model.field.mlp.activation
-        self.rgb_activation = model.field.mlp.rgb_activation
-        self.num_rgb = len(model.rgb_widths) + 1 if with_rgb else 0
-        h, w = self.grid_shape
-        self.trigger_dim = h * w * int(model.column_channels)
-        # The constant position codes of the trunk and of the global head at
-        # every grid location, row-major as the APM evaluates them.
-        locations = grid_locations((h, w))
-        self.trunk_codes = ops.convert_to_numpy(
-            sincos_position_encoding_2d(locations, int(model.position_dim))
+    if not isinstance(model, APM):
+        raise ValueError(
+            f"Expected a `keras_apm.APM` student. Received {type(model).__name__}."
         )
-        self.global_codes = ops.convert_to_numpy(
-            sincos_position_encoding_2d(locations, self.feature_dim)
+    if not model.global_head:
+        raise ValueError(
+            "Test-time training regresses the student's global vector: "
+            "build the student with `global_head=True`."
         )
-
-    def param_names(self):
-        """Paths (as in `APM.weights`) of the weights the loss depends on.
-
-        The attention's key bias is left out: with one query it adds the
-        same number to every location's score, which the softmax cancels.
-        """
-        layers = ["column/conv"]
-        layers += [f"field/mlp/trunk_{i}" for i in range(self.num_trunk)]
-        layers += ["field/mlp/feature_head"]
-        layers += [f"field/mlp/rgb_{i}" for i in range(self.num_rgb)]
-        attention = "global_head/attention/"
-        layers += [attention + p for p in ("query", "value", "attention_output")]
-        names = [f"{layer}/{w}" for layer in layers for w in ("kernel", "bias")]
-        return names + ["global_head/query", attention + "key/kernel"]
+    if with_rgb and not model.rgb_head:
+        raise ValueError("`rgb_weight > 0` needs a student with `rgb_head=True`.")
 
 
-def batched_forward(params, images, spec, with_features=False):
+def student_weights(model, with_rgb=False):
+    """The student's variables that the TTT loss reads, in its layers' layout.
+
+    A tree `{"column", "field", "global"}` of each layer's
+    `explicit_weights()`. Heads the loss does not read (the lower GLOM
+    levels; the RGB head unless `with_rgb`) are left out, so they are
+    neither stacked nor computed.
+    """
+    field = dict(model.field.explicit_weights(), levels=[])
+    if not with_rgb:
+        field["rgb"] = []
+    return {
+        "column": model.column.explicit_weights(),
+        "field": field,
+        "global": model.global_pool.explicit_weights(),
+    }
+
+
+def batched_forward(model, params, images, with_features=False):
     """The APM's forward pass with one set of weights per image.
 
-    Equal to calling `APM` `b` with weights `params[name][b]` on `images[b]`
-    (float rounding aside).
+    Equal to calling `model` with weights `params[...][b]` on `images[b]`
+    (float rounding aside): every layer computes from its explicit weights
+    (`call_with_weights`), here stacked.
 
     Args:
-        params: dict `{path: (B, ...) tensor}`.
+        model: the student `APM` (its layers and settings; its own variables
+            are not read).
+        params: `student_weights(model)`'s tree of `(B, ...)` tensors.
         images: `(B, H, W, C)` float32 student inputs (preprocessed).
-        spec: a `StudentSpec`.
-        with_features: also return `"features"` `(B, L, D)` and, with an RGB
-            head, `"rgb"` `(B, L, 3)`.
+        with_features: also return `"features"` `(B, L, D)` and, when
+            `params` hold the RGB head, `"rgb"` `(B, L, 3)`.
 
     Returns:
         dict with `"global"` `(B, D)` (and the features when asked).
     """
-    h, w = spec.grid_shape
-    p = spec.patch_size
-    batch, channels = ops.shape(images)[0], images.shape[-1]
-    # The column: a valid convolution with kernel = stride = p is a
-    # contraction over (p, p, C) patches, here with each image's own kernel.
-    patches = ops.reshape(images, (batch, h, p, w, p, channels))
-    trigger = ops.einsum("byixjc,bijco->byxo", patches, params["column/conv/kernel"])
-    trigger = trigger + params["column/conv/bias"][:, None, None, :]
-    trigger = ops.reshape(trigger, (batch, spec.trigger_dim))
-
-    # First trunk layer, split as `PerceptionMLP` does: [T ; PE] @ K =
-    # T @ K[:n] (once per image) + PE @ K[n:] (per location).
-    n = spec.trigger_dim
-    codes = ops.convert_to_tensor(spec.trunk_codes, "float32")[None]
-    kernel = params["field/mlp/trunk_0/kernel"]
-    x = ops.matmul(trigger[:, None, :], kernel[:, :n]) + ops.matmul(
-        codes, kernel[:, n:]
-    )
-    x = spec.activation(x + params["field/mlp/trunk_0/bias"][:, None])
-    for i in range(1, spec.num_trunk):
-        x = _dense(params, f"field/mlp/trunk_{i}", x, spec.activation)
-    features = _dense(params, "field/mlp/feature_head", x)
-
-    outputs = {"global": _attention_pool(params, features, spec)}
+    trigger = model.column.call_with_weights(params["column"], images)
+    # All locations in one call: the step is compiled, chunks would not
+    # lower the memory that the gradient needs.
+    answers = model.field.call_with_weights(params["field"], trigger, chunk_size=None)
+    (h, w), features = model.grid_shape, answers["features"]
+    grid = ops.reshape(features, (-1, h, w, features.shape[-1]))
+    outputs = {"global": model.global_pool.call_with_weights(params["global"], grid)}
     if with_features:
-        outputs["features"] = features
-        if spec.num_rgb:
-            outputs["rgb"] = _rgb(params, features, trigger, codes, spec)
+        outputs.update(answers)
     return outputs
-
-
-def _dense(params, name, x, activation=None):
-    x = ops.matmul(x, params[name + "/kernel"]) + params[name + "/bias"][:, None]
-    return x if activation is None else activation(x)
-
-
-def _rgb(params, features, trigger, codes, spec):
-    d, n = spec.feature_dim, spec.trigger_dim
-    kernel = params["field/mlp/rgb_0/kernel"]
-    # [f ; T ; PE] @ K, split like the trunk's first layer.
-    x = (
-        ops.matmul(features, kernel[:, :d])
-        + ops.matmul(trigger[:, None, :], kernel[:, d : d + n])
-        + ops.matmul(codes, kernel[:, d + n :])
-        + params["field/mlp/rgb_0/bias"][:, None]
-    )
-    x = ops.relu(x)
-    for i in range(1, spec.num_rgb):
-        last = i == spec.num_rgb - 1
-        x = _dense(
-            params, f"field/mlp/rgb_{i}", x, spec.rgb_activation if last else ops.relu
-        )
-    return x
-
-
-def _attention_pool(params, features, spec):
-    """`AttentionPoolHead` (one learned query) with each image's weights.
-
-    Keras' `MultiHeadAttention` projects all L keys and values (L x D x D
-    multiply-adds each). One query needs only D x D work: location l's score
-    in head h is `keys[l] . (W_k[:, h] q_h)` (plus `b_k[h] . q_h`, the same
-    for every l, which the softmax cancels), and since the attention weights
-    sum to 1, `sum_l a_l (keys[l] W_v + b_v) = (sum_l a_l keys[l]) W_v + b_v`.
-    """
-    prefix = "global_head/attention/"
-    keys = features + ops.convert_to_tensor(spec.global_codes, "float32")[None]
-    query = ops.einsum(
-        "bd,bdhk->bhk", params["global_head/query"], params[prefix + "query/kernel"]
-    )
-    query = (query + params[prefix + "query/bias"]) / math.sqrt(spec.key_dim)
-    folded = ops.einsum("bdhk,bhk->bdh", params[prefix + "key/kernel"], query)
-    weights = ops.softmax(ops.matmul(keys, folded), axis=1)  # (B, L, heads)
-    pooled = ops.einsum("blh,bld->bhd", weights, keys)
-    values = ops.einsum("bhd,bdhk->bhk", pooled, params[prefix + "value/kernel"])
-    values = values + params[prefix + "value/bias"]
-    out = ops.einsum("bhk,bhke->be", values, params[prefix + "attention_output/kernel"])
-    return out + params[prefix + "attention_output/bias"]
 
 
 def global_loss(prediction, target, loss):
     """Per-image loss between `(B, D)` vectors.
 
     `"mse"`: mean over D (Keras' `"mse"`); `"cosine"`: `1 - cos` (Keras'
-    `CosineSimilarity` loss plus 1, with its epsilon).
+    `CosineSimilarity` loss plus 1).
     """
     if loss == "mse":
         return ops.mean(ops.square(prediction - target), axis=-1)
-    prediction = prediction * ops.rsqrt(
-        ops.maximum(ops.sum(ops.square(prediction), axis=-1, keepdims=True), 1e-12)
-    )
-    target = target * ops.rsqrt(
-        ops.maximum(ops.sum(ops.square(target), axis=-1, keepdims=True), 1e-12)
-    )
-    return 1.0 - ops.sum(prediction * target, axis=-1)
+    return 1.0 - cosine_similarity(prediction, target)
 
 
 class BatchedTTT:
@@ -226,8 +130,9 @@ class BatchedTTT:
     (plus optional MSE terms on the feature grid and the RGB head).
 
     Args:
-        student: a `keras_apm.APM` with `global_head=True`; its current
-            weights are every image's starting point.
+        student: a `keras_apm.APM` with `global_head=True` (any other
+            settings: GLOM levels, RGB head or not, column channels); its
+            current weights are every image's starting point.
         steps: int, optimizer steps per image.
         optimizer: a Keras optimizer with an element-wise update (e.g.
             `keras.optimizers.Adam(1e-3)`), used as a template: each batch
@@ -270,29 +175,27 @@ class BatchedTTT:
                     f"`{name}` must be a finite number >= 0. Received {value!r}"
                 )
         recipes.check_elementwise(optimizer)
-        self.spec = StudentSpec(student, with_rgb=rgb_weight > 0)
+        check_student(student, with_rgb=rgb_weight > 0)
+        self.student = student
         self.steps = int(steps)
         self.optimizer = optimizer
         self.loss = loss
         self.grid_weight = float(grid_weight)
         self.rgb_weight = float(rgb_weight)
         self.jit_compile = bool(jit_compile)
-        by_path = {v.path: v for v in student.weights}
-        missing = [n for n in self.spec.param_names() if n not in by_path]
-        if missing:
-            raise ValueError(
-                f"The student has no weights {missing}; batched test-time "
-                "training expects the layout of `keras_apm.APM`."
-            )
+        # The layout comes from the student's layers; the values are copied
+        # now (float32, whatever the student's policy).
+        self._layout = student_weights(student, with_rgb=self.rgb_weight > 0)
+        variables = keras.tree.flatten(self._layout)
+        self._paths = [v.path for v in variables]
         self.initial_weights = {
-            name: np.asarray(ops.convert_to_numpy(by_path[name]), "float32")
-            for name in self.spec.param_names()
+            v.path: np.asarray(ops.convert_to_numpy(v), "float32") for v in variables
         }
         self._built_batch_size = None
 
     def _build(self, batch_size):
         """Stacked variables, a fresh optimizer and the step, for B images."""
-        names = self.spec.param_names()
+        names = self._paths
         self._variables = [
             keras.Variable(
                 np.zeros((batch_size,) + self.initial_weights[n].shape, "float32"),
@@ -316,12 +219,12 @@ class BatchedTTT:
             self._fresh_state.append(
                 ops.convert_to_tensor(fresh) if fresh.any() else None
             )
-        spec, loss, weights = self.spec, self.loss, (self.grid_weight, self.rgb_weight)
+        model, layout = self.student, self._layout
+        loss, weights = self.loss, (self.grid_weight, self.rgb_weight)
 
         def loss_fn(values, batch):
-            per_image = _per_image_loss(
-                dict(zip(names, values)), batch, spec, loss, *weights
-            )
+            params = keras.tree.pack_sequence_as(layout, values)
+            per_image = _per_image_loss(model, params, batch, loss, *weights)
             return ops.sum(per_image), per_image
 
         backend = backend_step_module()
@@ -330,7 +233,7 @@ class BatchedTTT:
         )
         self._forward = backend.compile_function(
             lambda values, images: batched_forward(
-                dict(zip(names, values)), images, spec
+                model, keras.tree.pack_sequence_as(layout, values), images
             )["global"],
             self.jit_compile,
         )
@@ -349,17 +252,18 @@ class BatchedTTT:
             dict: `"global"` `(B, D)` (the adapted students' global vectors),
             `"loss"` `(B, steps)` (each image's loss before each update).
         """
-        images = _check(images, (None,) + self.spec.image_shape, "images")
+        model = self.student
+        images = _check(images, (None,) + model.image_shape, "images")
         batch_size = int(images.shape[0])
-        h, w = self.spec.grid_shape
+        (h, w), dim = model.grid_shape, model.feature_dim
         batch = {
             "images": images,
-            "target": _check(targets, (batch_size, self.spec.feature_dim), "targets"),
+            "target": _check(targets, (batch_size, dim), "targets"),
         }
         if self.grid_weight > 0:
             if grid is None:
                 raise ValueError("`grid_weight > 0` needs grid targets.")
-            grid = _check(grid, (batch_size, h, w, self.spec.feature_dim), "grid")
+            grid = _check(grid, (batch_size, h, w, dim), "grid")
             batch["grid"] = ops.reshape(grid, (batch_size, h * w, -1))
         if self.rgb_weight > 0:
             if rgb is None:
@@ -385,9 +289,9 @@ class BatchedTTT:
         }
 
 
-def _per_image_loss(params, batch, spec, loss, grid_weight, rgb_weight):
+def _per_image_loss(model, params, batch, loss, grid_weight, rgb_weight):
     out = batched_forward(
-        params, batch["images"], spec, grid_weight > 0 or rgb_weight > 0
+        model, params, batch["images"], grid_weight > 0 or rgb_weight > 0
     )
     value = global_loss(out["global"], batch["target"], loss)
     if grid_weight > 0:
