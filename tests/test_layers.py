@@ -119,11 +119,17 @@ def test_mlp_rgb_head_is_fed_feature_and_query(rng):
 def test_attention_pool_head_matches_manual_attention(rng):
     head = layers.AttentionPoolHead(num_heads=2)
     feats = rng.random((2, 3, 4, 8)).astype("float32")
-    pooled = to_np(head(feats))
+    head.build(feats.shape)
     att = head.attention
+    for variable in att.weights:  # Non-zero biases, the key's included.
+        variable.assign(rng.normal(size=variable.shape).astype("float32"))
+    pooled = to_np(head(feats))
     keys = feats.reshape(2, 12, 8) + to_np(
         layers.sincos_position_encoding_2d(layers.grid_locations((3, 4)), 8)
     )
+    # The folded one-query form is Keras' own multi-head attention.
+    query = np.broadcast_to(to_np(head.query), (2, 1, 8))
+    np.testing.assert_allclose(pooled, to_np(att(query, keys, keys))[:, 0], atol=1e-5)
     q = np.einsum("e,ehd->hd", to_np(head.query), to_np(att.query_dense.kernel))
     q = q + to_np(att.query_dense.bias)
     k = np.einsum("bne,ehd->bnhd", keys, to_np(att.key_dense.kernel)) + to_np(
@@ -227,3 +233,79 @@ def test_field_output_spec_matches_what_it_computes(
         assert symbolic[key].dtype == keras.backend.standardize_dtype(
             real[key].dtype
         ), key
+
+
+# ----------------------------------------------------------------------------
+# Explicit weights: `call` is `call_with_weights` on the layer's own weights,
+# and stacked weights give each image its own layer.
+
+
+def _check_explicit_weights(layer, inputs, call, call_with_weights, batch=3):
+    own = layer.explicit_weights()
+    # A stacked axis of 1 is the layer itself.
+    one = keras.tree.map_structure(lambda v: to_np(v)[None], own)
+    _assert_image(call_with_weights(one, inputs[:1]), call(inputs[:1]), 0)
+    # A stacked axis of B: image b meets only its own (different) weights.
+    rng = np.random.default_rng(0)
+    per_image = [
+        keras.tree.map_structure(
+            lambda v: to_np(v) * (1 + 0.2 * b)
+            + rng.normal(0, 0.1, v.shape).astype("float32"),
+            own,
+        )
+        for b in range(batch)
+    ]
+    stacked = keras.tree.map_structure(lambda *xs: np.stack(xs), *per_image)
+    got = call_with_weights(stacked, inputs)
+    for b, weights in enumerate(per_image):
+        keras.tree.map_structure(lambda v, x: v.assign(x), own, weights)
+        _assert_image(got, call(inputs[b : b + 1]), b)
+
+
+def _assert_image(got, expected, b):
+    """Image `b` of `got` is the one-image output `expected`."""
+    keras.tree.map_structure(
+        lambda g, e: np.testing.assert_allclose(
+            to_np(g)[b : b + 1], to_np(e), rtol=1e-5, atol=1e-5
+        ),
+        got,
+        expected,
+    )
+
+
+def test_trigger_column_explicit_weights(rng):
+    column = layers.TriggerColumn(patch_size=4, channels=2)
+    images = rng.random((3, 8, 12, 3)).astype("float32")
+    column(images)
+    _check_explicit_weights(column, images, column, column.call_with_weights)
+
+
+def test_mlp_explicit_weights_direct_and_split(rng):
+    mlp = layers.PerceptionMLP((16, 8), 6, num_levels=2, rgb_widths=(4,))
+    queries = rng.random((3, 5, 12)).astype("float32")
+    mlp(queries)
+    _check_explicit_weights(mlp, queries, mlp, mlp.call_with_weights)
+    trigger = rng.random((3, 8)).astype("float32")
+    codes = to_np(layers.QueryUnfold(4).position_codes(rng.random((5, 2)) * 3))
+    _check_explicit_weights(
+        mlp,
+        trigger,
+        lambda t: mlp.split_call(t, codes),
+        lambda w, t: mlp.split_call_with_weights(w, t, codes),
+    )
+
+
+def test_attention_pool_explicit_weights(rng):
+    head = layers.AttentionPoolHead(num_heads=2)
+    features = rng.random((3, 2, 3, 8)).astype("float32")
+    head(features)
+    _check_explicit_weights(head, features, head, head.call_with_weights)
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_field_explicit_weights(rng, fast_path):
+    mlp = layers.PerceptionMLP((8,), 4, num_levels=2, rgb_widths=(4,))
+    field = layers.PerceptionField((2, 3), 4, mlp, chunk_size=4, fast_path=fast_path)
+    trigger = rng.random((3, 6)).astype("float32")
+    field(trigger)
+    _check_explicit_weights(field, trigger, field, field.call_with_weights)
