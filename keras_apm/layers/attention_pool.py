@@ -64,18 +64,15 @@ class AttentionPoolHead(keras.layers.Layer):
         self.built = True
 
     def explicit_weights(self):
-        """The head's variables as `call_with_weights` takes them.
-
-        The learned query and the attention's projections; the key bias is
-        left out: with one query it adds the same number to every
-        location's score, which the softmax cancels.
-        """
+        """The head's variables as `call_with_weights` takes them: the
+        learned query and the attention's projections."""
         attention = self.attention
         return {
             "query": self.query,
             "query_kernel": attention.query_dense.kernel,
             "query_bias": attention.query_dense.bias,
             "key_kernel": attention.key_dense.kernel,
+            "key_bias": attention.key_dense.bias,
             "value_kernel": attention.value_dense.kernel,
             "value_bias": attention.value_dense.bias,
             "output_kernel": attention.output_dense.kernel,
@@ -86,10 +83,9 @@ class AttentionPoolHead(keras.layers.Layer):
         """The global vectors from explicit weights.
 
         Multi-head attention of one query, folded: location l's score in
-        head h is `keys[l] . (W_k[:, h] q_h)` (the key bias is the same for
-        every l and cancels in the softmax), and as the attention weights
-        sum to 1, `sum_l a_l (keys[l] W_v + b_v) = (sum_l a_l keys[l]) W_v
-        + b_v`. So one query costs `D x D` work where projecting every
+        head h is `keys[l] . (W_k[:, h] q_h) + b_k[h] . q_h`, and as the
+        attention weights sum to 1, `sum_l a_l (keys[l] W_v + b_v) =
+        (sum_l a_l keys[l]) W_v + b_v`. So one query costs `D x D` work where projecting every
         key and value costs `L x D x D`; the result is that of
         `keras.layers.MultiHeadAttention` (float rounding aside).
 
@@ -114,7 +110,11 @@ class AttentionPoolHead(keras.layers.Layer):
         key_dim = query.shape[-1]
         query = query * ops.cast(1.0 / math.sqrt(key_dim), dtype)
         folded = ops.einsum("...dhk,...hk->...dh", weights["key_kernel"], query)
-        scores = ops.matmul(keys, folded)  # (B, L, heads)
+        # The key bias adds one number per head to every location's score,
+        # which the softmax cancels; it is kept so that the gradient (zero
+        # up to rounding) reaches it as in Keras' attention.
+        offset = ops.sum(weights["key_bias"] * query, axis=-1)  # (..., heads)
+        scores = ops.matmul(keys, folded) + ops.expand_dims(offset, -2)
         # The softmax in float32 whatever the policy (as cheap as it gets).
         attention = ops.softmax(ops.cast(scores, "float32"), axis=1)
         pooled = ops.einsum("blh,bld->bhd", ops.cast(attention, dtype), keys)
