@@ -73,9 +73,15 @@ def split_dense(weights, parts, activation=None):
     """
     dtype = parts[0].dtype
     kernel = ops.cast(weights["kernel"], dtype)
+    ndim = max(len(x.shape) for x in parts)
     y, start = None, 0
     for x in parts:
         width = x.shape[-1]
+        # Every term of one rank: with a `(L, w)` term next to `(B, 1, w)`,
+        # TensorFlow's CPU graph rewrite fuses the matmul and the add into
+        # one op that loses the broadcast axis (wrong gradient shapes).
+        while len(x.shape) < ndim:
+            x = x[None]
         piece = kernel[..., start : start + width, :]
         term = ops.matmul(x, per_image(piece, 2, len(x.shape)))
         y = term if y is None else y + term
