@@ -85,9 +85,9 @@ class AttentionPoolHead(keras.layers.Layer):
         Multi-head attention of one query, folded: location l's score in
         head h is `keys[l] . (W_k[:, h] q_h) + b_k[h] . q_h`, and as the
         attention weights sum to 1, `sum_l a_l (keys[l] W_v + b_v) =
-        (sum_l a_l keys[l]) W_v + b_v`. So one query costs `D x D` work where projecting every
-        key and value costs `L x D x D`; the result is that of
-        `keras.layers.MultiHeadAttention` (float rounding aside).
+        (sum_l a_l keys[l]) W_v + b_v`. So one query costs `D x D` work
+        where projecting every key and value costs `L x D x D`; the result
+        is that of `keras.layers.MultiHeadAttention` (float rounding aside).
 
         Args:
             weights: `explicit_weights()`'s structure; each weight may carry

@@ -2,11 +2,11 @@
 
 Adapting one image at a time leaves the hardware idle (the official code
 feeds 8 copies of the image to fill a GPU). Here every weight of the student
-gets a leading *image axis*: image `b` is answered by `params[...][b]` only,
-every layer computes from these stacked weights with its own
-`call_with_weights` (the math of its `call`, so there is one APM), and the loss is the *sum* of the
-per-image losses, so the gradient reaching `params[...][b]` is exactly the
-gradient of image `b`'s own loss. The optimizer is a Keras optimizer whose
+gets a leading *image axis*: image `b` is answered by `params[...][b]` only
+(every layer computes from these stacked weights with its own
+`call_with_weights`, the math of its `call`), and the loss is the *sum* of
+the per-image losses, so the gradient reaching `params[...][b]` is exactly
+the gradient of image `b`'s own loss. The optimizer is a Keras optimizer whose
 update is element-wise (`recipes.ELEMENTWISE_OPTIMIZERS`), so each image also
 has its own moments. One compiled step therefore adapts B images as B
 separate runs would; `tests/test_ttt.py` checks it against Keras'
