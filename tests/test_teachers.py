@@ -195,7 +195,7 @@ def test_vit_task_preset(vit_task, rng):
 
     images = raw_images(rng)
     out = teacher(images)
-    assert set(out) == {"grid", "global", "levels", "logits"}
+    assert set(out) == {"grid", "global", "levels", "head_input", "logits"}
     assert tuple(out["grid"].shape) == (2, 8, 8, 16)
     assert tuple(out["global"].shape) == (2, 16)
     assert tuple(out["levels"].shape) == (2, 2, 8, 8, 16)
@@ -213,8 +213,14 @@ def test_vit_task_preset(vit_task, rng):
     np.testing.assert_allclose(
         np_(out["levels"][:, -1]), np_(out["grid"]), atol=ATOL
     )
-    # The task head: same logits as the keras-hub task on converted pixels.
+    # The task head: same logits as the keras-hub task on converted pixels,
+    # from the class token it reads ("token" pooling).
     np.testing.assert_allclose(np_(out["logits"]), np_(task(pixels)), atol=ATOL)
+    np.testing.assert_allclose(np_(out["head_input"]), tokens[:, 0], atol=ATOL)
+    np.testing.assert_allclose(
+        np_(teacher.head_logits(out["head_input"])), np_(out["logits"]),
+        atol=ATOL,
+    )
     np.testing.assert_allclose(
         np_(teacher.classifier_logits(images)), np_(task(pixels)), atol=ATOL
     )

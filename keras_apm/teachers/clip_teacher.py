@@ -5,8 +5,10 @@ import keras_hub
 
 from keras_apm.teachers import teacher_utils
 from keras_apm.teachers.teacher import Teacher
+from keras_apm.teachers.teacher_registry import register_teacher
 
 
+@register_teacher
 @keras.saving.register_keras_serializable(package="keras_apm")
 class CLIPTeacher(Teacher):
     """Teacher over a keras-hub CLIP vision tower (APM's TTT teacher).
@@ -67,20 +69,11 @@ class CLIPTeacher(Teacher):
         """Whether `"global"` is the projected embedding (`CLIPBackbone`)."""
         return isinstance(self.backbone, keras_hub.models.CLIPBackbone)
 
+    def _vision(self):
+        return self.vision_encoder
+
     def _data_format(self):
         return self.vision_encoder.embedding.data_format
-
-    def _image_hw(self):
-        shape = self.vision_encoder.image_shape
-        if self._data_format() == "channels_first":
-            return shape[1], shape[2]
-        return shape[0], shape[1]
-
-    def _patch_hw(self):
-        return teacher_utils.as_pair(self.vision_encoder.patch_size)
-
-    def _num_prefix_tokens(self):
-        return 1
 
     def _embed(self, pixels):
         encoder = self.vision_encoder
@@ -99,11 +92,7 @@ class CLIPTeacher(Teacher):
         return pooled
 
     @property
-    def feature_dim(self):
-        return int(self.vision_encoder.hidden_dim)
-
-    @property
     def global_dim(self):
         if self.has_projection:
             return int(self.backbone.projection_dim)
-        return int(self.vision_encoder.hidden_dim)
+        return self.feature_dim

@@ -5,8 +5,10 @@ import keras_hub
 
 from keras_apm.teachers import teacher_utils
 from keras_apm.teachers.teacher import Teacher
+from keras_apm.teachers.teacher_registry import register_teacher
 
 
+@register_teacher
 @keras.saving.register_keras_serializable(package="keras_apm")
 class DINOV2Teacher(Teacher):
     """Teacher over a keras-hub `DINOV2Backbone` (APM's COCO teacher).
@@ -50,15 +52,6 @@ class DINOV2Teacher(Teacher):
     def _data_format(self):
         return self.backbone.embeddings.data_format
 
-    def _image_hw(self):
-        shape = self.backbone.image_shape
-        if self._data_format() == "channels_first":
-            return shape[1], shape[2]
-        return shape[0], shape[1]
-
-    def _patch_hw(self):
-        return teacher_utils.as_pair(self.backbone.patch_size)
-
     @property
     def num_register_tokens(self):
         return int(self.backbone.num_register_tokens)
@@ -74,14 +67,3 @@ class DINOV2Teacher(Teacher):
 
     def _final_norm(self, tokens):
         return self.backbone.layernorm(tokens)
-
-    def _global(self, tokens):
-        return tokens[:, 0, :]
-
-    @property
-    def feature_dim(self):
-        return int(self.backbone.hidden_dim)
-
-    @property
-    def global_dim(self):
-        return int(self.backbone.hidden_dim)

@@ -150,14 +150,28 @@ def preset_has_file(preset, filename):
     return _preset_utils().check_file_exists(preset, filename)
 
 
-def preset_task_class(preset):
-    """The task class saved in a preset's `task.json`, or `None`."""
-    utils = _preset_utils()
+def _check_preset(preset):
     if not isinstance(preset, str):
         raise ValueError(
             "Expected `preset` to be a string: a keras-hub preset name, a "
             f"hub handle or a local directory. Received {preset!r}."
         )
+
+
+def preset_backbone_class(preset):
+    """The backbone class a preset holds (what `Backbone.from_preset` reads).
+
+    Works for keras-hub presets and for the hub formats keras-hub converts
+    (Hugging Face transformers, timm), without loading any weights.
+    """
+    _check_preset(preset)
+    return _preset_utils().get_preset_loader(preset).check_backbone_class()
+
+
+def preset_task_class(preset):
+    """The task class saved in a preset's `task.json`, or `None`."""
+    utils = _preset_utils()
+    _check_preset(preset)
     if not utils.check_file_exists(preset, TASK_CONFIG_FILE):
         return None
     config = utils.load_json(preset, TASK_CONFIG_FILE)
