@@ -585,8 +585,9 @@ class DeiTTeacher(Teacher):
         keras_hub.models.DeiTBackbone,
         keras_hub.models.DeiTImageClassifier,
     )
-    default_mean = teacher_utils.IMAGENET_MEAN
-    default_std = teacher_utils.IMAGENET_STD
+    default_preprocessing = teacher_utils.Preprocessing(
+        teacher_utils.IMAGENET_MEAN, teacher_utils.IMAGENET_STD, "bicubic"
+    )
 
     @property
     def _encoder(self):

@@ -1,7 +1,8 @@
 """Teacher adapter for keras-hub's `CLIPBackbone` / `CLIPVisionEncoder`."""
 
 import keras
-import keras_hub
+from keras_hub.models import CLIPBackbone
+from keras_hub.models import CLIPVisionEncoder
 
 from keras_apm.teachers import teacher_utils
 from keras_apm.teachers.teacher import Teacher
@@ -49,25 +50,20 @@ class CLIPTeacher(Teacher):
     ((2, 8, 8, 16), (2, 16))
     """
 
-    backbone_classes = (
-        keras_hub.models.CLIPBackbone,
-        keras_hub.models.CLIPVisionEncoder,
-    )
-    default_mean = teacher_utils.CLIP_MEAN
-    default_std = teacher_utils.CLIP_STD
-    default_interpolation = "bicubic"
+    backbone_classes = (CLIPBackbone, CLIPVisionEncoder)
+    default_preprocessing = teacher_utils.CLIP_PREPROCESSING
 
     @property
     def vision_encoder(self):
         """The `CLIPVisionEncoder` that makes the tokens."""
-        if isinstance(self.backbone, keras_hub.models.CLIPBackbone):
+        if isinstance(self.backbone, CLIPBackbone):
             return self.backbone.vision_encoder
         return self.backbone
 
     @property
     def has_projection(self):
         """Whether `"global"` is the projected embedding (`CLIPBackbone`)."""
-        return isinstance(self.backbone, keras_hub.models.CLIPBackbone)
+        return isinstance(self.backbone, CLIPBackbone)
 
     def _vision(self):
         return self.vision_encoder

@@ -1,7 +1,7 @@
 """Teacher adapter for keras-hub's `DINOV2Backbone` (registers or not)."""
 
 import keras
-import keras_hub
+from keras_hub.models import DINOV2Backbone
 
 from keras_apm.teachers import teacher_utils
 from keras_apm.teachers.teacher import Teacher
@@ -44,10 +44,8 @@ class DINOV2Teacher(Teacher):
     (1, 2, 2, 32)
     """
 
-    backbone_classes = (keras_hub.models.DINOV2Backbone,)
-    default_mean = teacher_utils.IMAGENET_MEAN
-    default_std = teacher_utils.IMAGENET_STD
-    default_interpolation = "bicubic"
+    backbone_classes = (DINOV2Backbone,)
+    default_preprocessing = teacher_utils.DINOV2_PREPROCESSING
 
     def _data_format(self):
         return self.backbone.embeddings.data_format

@@ -64,10 +64,9 @@ class Teacher(keras.layers.Layer):
 
     # Keras-hub classes (backbones or tasks) the subclass adapts.
     backbone_classes = ()
-    # Preprocessing when the backbone comes without an image converter.
-    default_mean = None
-    default_std = None
-    default_interpolation = "bilinear"
+    # A `teacher_utils.Preprocessing`: what the family's keras-hub presets
+    # do, used when the backbone comes without an image converter.
+    default_preprocessing = None
 
     def __init__(
         self,
@@ -487,10 +486,13 @@ class Teacher(keras.layers.Layer):
 
     def _set_preprocessing(self, converter):
         if converter is None:
-            scale, offset = teacher_utils.mean_std_to_scale_offset(
-                self.default_mean, self.default_std
-            )
-            self.interpolation = self.default_interpolation
+            if self.default_preprocessing is None:
+                raise ValueError(
+                    f"`{type(self).__name__}` has no default preprocessing: "
+                    "pass an `image_converter`."
+                )
+            mean, std, self.interpolation = self.default_preprocessing
+            scale, offset = teacher_utils.mean_std_to_scale_offset(mean, std)
             self.antialias = False
             # keras-hub's `ImageConverter` centre-crops to the aspect ratio
             # by default.

@@ -1,8 +1,9 @@
 """Teacher adapter for keras-hub's `ViTBackbone` / `ViTImageClassifier`."""
 
 import keras
-import keras_hub
 from keras import ops
+from keras_hub.models import ViTBackbone
+from keras_hub.models import ViTImageClassifier
 
 from keras_apm.teachers import teacher_utils
 from keras_apm.teachers.teacher import Teacher
@@ -46,13 +47,8 @@ class ViTTeacher(Teacher):
     ((2, 8, 8, 16), (2, 16), (2, 2, 8, 8, 16))
     """
 
-    backbone_classes = (
-        keras_hub.models.ViTBackbone,
-        keras_hub.models.ViTImageClassifier,
-    )
-    default_mean = teacher_utils.VIT_MEAN
-    default_std = teacher_utils.VIT_STD
-    default_interpolation = "bilinear"
+    backbone_classes = (ViTBackbone, ViTImageClassifier)
+    default_preprocessing = teacher_utils.VIT_PREPROCESSING
 
     @property
     def _encoder(self):
