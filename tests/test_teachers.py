@@ -676,7 +676,7 @@ def test_gap_head_reads_all_tokens_even_on_a_resized_grid(rng):
     )
     with pytest.raises(ValueError, match=r"\(batch, 8\)"):
         teacher.head_logits(np.zeros((2, 6)))
-    with pytest.raises(ValueError, match="no classifier head"):
+    with pytest.raises(ValueError, match="needs a teacher with a classifier"):
         LinearHeadClassifier(ViTTeacher(backbone))
 
 

@@ -26,6 +26,7 @@ check_student_teacher(student, teacher, num_levels=2)
 ```
 """
 
+import inspect
 import json
 import os
 
@@ -157,6 +158,15 @@ def _model_from_config(config, where):
         config = config.get("config", config)
     if not isinstance(config, dict):
         raise ValueError(f"Expected an APM config dict in {where}. Received {config!r}.")
+    # Keras layers swallow unknown keywords: a typo would silently give
+    # the default (COCO-sized) APM.
+    known = set(inspect.signature(APM.__init__).parameters)
+    unknown = sorted(set(config) - known - {"name", "trainable", "dtype"})
+    if unknown:
+        raise ValueError(
+            f"{where} is not an APM config: unknown keys {unknown}. Expected "
+            f"`keras_apm.APM` arguments ({sorted(known - {'self', 'kwargs'})})."
+        )
     try:
         return APM.from_config(dict(config))
     except TypeError as e:
