@@ -21,8 +21,8 @@ import keras_hub
 
 import keras_apm
 from keras_apm import visualize
-from keras_apm.distill import default_student_config
-from keras_apm.teachers import Teacher
+from keras_apm.models.apm.apm_student import default_student_config
+from keras_apm.models.apm.apm_student import load_teacher
 from keras_apm.teachers import ViTTeacher
 
 
@@ -51,23 +51,24 @@ def add_model_arguments(parser, steps):
     parser.add_argument("--steps", type=int, default=steps)
 
 
+def load_teacher_arg(args):
+    """`--teacher`'s preset, else the random ViT."""
+    return load_teacher(args.teacher) if args.teacher else random_vit_teacher()
+
+
 def fresh_apm(teacher):
-    """A fresh APM reading the teacher's input size and patch, its width."""
+    """A fresh APM reading the teacher's input size and patch, its width
+    (the distillation student, sigmoid RGB head, no global head)."""
     config = default_student_config(
         teacher, trunk_widths=(512, 512), global_head=False
     )
-    config["rgb_activation"] = "sigmoid"  # cannot die like the official ReLU
     return keras_apm.APM(**config)
 
 
 def load_or_distil(args, images):
     """`(model, converter, inputs, views, teacher)`: `--preset`, or a fresh
     APM distilled on `images` for `--steps` steps."""
-    teacher = (
-        Teacher.from_preset(args.teacher)
-        if args.teacher
-        else random_vit_teacher()
-    )
+    teacher = load_teacher_arg(args)
     if args.preset:
         model = keras_apm.APM.from_preset(args.preset)
         converter = visualize.load_converter(args.preset)
@@ -98,11 +99,7 @@ def main():
     parser.add_argument("--output", default="overfit.png")
     args = parser.parse_args()
 
-    teacher = (
-        Teacher.from_preset(args.teacher)
-        if args.teacher
-        else random_vit_teacher()
-    )
+    teacher = load_teacher_arg(args)
     model = fresh_apm(teacher)
     _, views = visualize.prepare_images(
         [visualize.load_image(args.image)], model.image_shape

@@ -1,16 +1,22 @@
 """Tests of the keras-hub teacher adapters on tiny random-weight presets."""
 
+import os
+
 import keras
 import keras_hub
 import numpy as np
 import pytest
 from keras import ops
 
+import keras_apm
 from keras_apm.teachers import CLIPTeacher
 from keras_apm.teachers import DINOV2Teacher
 from keras_apm.teachers import Teacher
 from keras_apm.teachers import ViTTeacher
+from keras_apm.teachers import register_teacher
+from keras_apm.teachers import teacher_registry
 from keras_apm.teachers import teacher_utils
+from keras_apm.ttt import LinearHeadClassifier
 
 ATOL = 1e-5
 
@@ -195,7 +201,7 @@ def test_vit_task_preset(vit_task, rng):
 
     images = raw_images(rng)
     out = teacher(images)
-    assert set(out) == {"grid", "global", "levels", "logits"}
+    assert set(out) == {"grid", "global", "levels", "head_input", "logits"}
     assert tuple(out["grid"].shape) == (2, 8, 8, 16)
     assert tuple(out["global"].shape) == (2, 16)
     assert tuple(out["levels"].shape) == (2, 2, 8, 8, 16)
@@ -213,8 +219,14 @@ def test_vit_task_preset(vit_task, rng):
     np.testing.assert_allclose(
         np_(out["levels"][:, -1]), np_(out["grid"]), atol=ATOL
     )
-    # The task head: same logits as the keras-hub task on converted pixels.
+    # The task head: same logits as the keras-hub task on converted pixels,
+    # from the class token it reads ("token" pooling).
     np.testing.assert_allclose(np_(out["logits"]), np_(task(pixels)), atol=ATOL)
+    np.testing.assert_allclose(np_(out["head_input"]), tokens[:, 0], atol=ATOL)
+    np.testing.assert_allclose(
+        np_(teacher.head_logits(out["head_input"])), np_(out["logits"]),
+        atol=ATOL,
+    )
     np.testing.assert_allclose(
         np_(teacher.classifier_logits(images)), np_(task(pixels)), atol=ATOL
     )
@@ -523,3 +535,156 @@ def test_functional_model_and_serialization(clip_full, rng):
     np.testing.assert_allclose(
         np_(clone(images)["global"]), np_(eager["global"]), atol=ATOL
     )
+
+
+# ----------------------------------------------------------------------------
+# The registry: how `Teacher.from_preset` finds a teacher, and adding one.
+
+
+def test_registry_maps_keras_hub_classes_to_teachers():
+    find = teacher_registry.teacher_class_for
+    assert find(keras_hub.models.ViTImageClassifier) is ViTTeacher
+    assert find(keras_hub.models.DINOV2Backbone) is DINOV2Teacher
+    assert find(keras_hub.models.CLIPVisionEncoder) is CLIPTeacher
+    # A subclass of a supported keras-hub class is adapted too (MRO).
+    subclass = type("MyViT", (keras_hub.models.ViTBackbone,), {})
+    assert find(subclass) is ViTTeacher
+    assert find(keras_hub.models.DeiTBackbone) is None
+    with pytest.raises(ValueError, match="already adapted by `ViTTeacher`"):
+        register_teacher(
+            type("OtherViT", (ViTTeacher,), {"__module__": __name__})
+        )
+    with pytest.raises(ValueError, match="backbone_classes"):
+        register_teacher(type("NoClasses", (Teacher,), {}))
+
+
+def test_every_teacher_module_registers_and_exports_its_class():
+    # A new `*_teacher.py` file is all a new teacher needs: the package
+    # imports it, it registers itself, and it is exported by name.
+    folder = os.path.dirname(keras_apm.teachers.__file__)
+    modules = {
+        f"keras_apm.teachers.{name[:-3]}"
+        for name in os.listdir(folder)
+        if name.endswith("_teacher.py")
+    }
+    registered = teacher_registry.registered_teachers()
+    assert {t.__module__ for t in registered} == modules
+    for teacher_cls in registered:
+        assert getattr(keras_apm.teachers, teacher_cls.__name__) is teacher_cls
+        assert teacher_cls.__name__ in keras_apm.teachers.__all__
+
+
+class DeiTTeacher(Teacher):
+    """A teacher added the way CONTRIBUTING.md says: one class, registered.
+
+    keras-hub's DeiT puts a class and a distillation token ahead of the
+    patches, and its encoder blocks return `(tokens, attention scores)`.
+    """
+
+    backbone_classes = (
+        keras_hub.models.DeiTBackbone,
+        keras_hub.models.DeiTImageClassifier,
+    )
+    default_preprocessing = teacher_utils.Preprocessing(
+        teacher_utils.IMAGENET_MEAN, teacher_utils.IMAGENET_STD, "bicubic"
+    )
+
+    @property
+    def _encoder(self):
+        return self.backbone.get_layer("deit_encoder")
+
+    def _num_prefix_tokens(self):
+        return 2
+
+    def _embed(self, pixels):
+        return self.backbone.get_layer("deit_patching_and_embedding")(pixels)
+
+    def _blocks(self):
+        return [lambda x, b=b: b(x)[0] for b in self._encoder.encoder_layers]
+
+    def _final_norm(self, tokens):
+        return self._encoder.layer_norm(tokens)
+
+    def _head_input(self, tokens):
+        return tokens[:, 0]  # "token" pooling
+
+    def _head(self, vectors):
+        return self.task.output_dense(vectors)
+
+
+@pytest.fixture
+def deit_registered(monkeypatch):
+    # Registered for this test only.
+    registry = dict(teacher_registry._TEACHERS)
+    monkeypatch.setattr(teacher_registry, "_TEACHERS", registry)
+    return register_teacher(DeiTTeacher)
+
+
+def test_added_teacher_is_found_and_its_head_classifies(
+    deit_registered, tmp_path, rng
+):
+    keras.utils.set_random_seed(9)
+    backbone = keras_hub.models.DeiTBackbone(
+        image_shape=(16, 16, 3), patch_size=4, num_layers=2, num_heads=2,
+        hidden_dim=8, intermediate_dim=16,
+    )  # fmt: skip
+    task = keras_hub.models.DeiTImageClassifier(backbone=backbone, num_classes=3)
+    task.save_to_preset(str(tmp_path))
+    teacher = Teacher.from_preset(str(tmp_path), layers=[-1])
+    assert isinstance(teacher, DeiTTeacher) and teacher.has_classifier
+    assert (teacher.grid_shape, teacher.feature_dim) == ((4, 4), 8)
+
+    images = raw_images(rng)
+    out = teacher(images)
+    pixels = teacher.preprocess(images)
+    tokens = np_(backbone(pixels))
+    np.testing.assert_allclose(
+        np_(out["grid"]), tokens[:, 2:].reshape(2, 4, 4, 8), atol=ATOL
+    )
+    np.testing.assert_allclose(np_(out["levels"][:, 0]), np_(out["grid"]), atol=ATOL)
+    np.testing.assert_allclose(np_(out["logits"]), np_(task(pixels)), atol=ATOL)
+
+    # Head-based classification needs nothing DeiT-specific.
+    classifier = LinearHeadClassifier(teacher)
+    assert (classifier.target_dim, classifier.num_classes) == (8, 3)
+    np.testing.assert_allclose(
+        classifier.scores(classifier.target(out)), np_(out["logits"]), atol=ATOL
+    )
+    np.testing.assert_allclose(classifier.teacher_scores(out), np_(out["logits"]))
+
+
+def test_gap_head_reads_all_tokens_even_on_a_resized_grid(rng):
+    keras.utils.set_random_seed(10)
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=(16, 16, 3), patch_size=4, num_layers=1, num_heads=2,
+        hidden_dim=8, mlp_dim=16,
+    )  # fmt: skip
+    task = keras_hub.models.ViTImageClassifier(
+        backbone=backbone, num_classes=4, pooling="gap", intermediate_dim=6
+    )
+    teacher = ViTTeacher(task, resize_to_grid=(3, 3))
+    images = raw_images(rng)
+    out = teacher(images)
+    pixels = teacher.preprocess(images)
+    np.testing.assert_allclose(
+        np_(out["head_input"]), np_(backbone(pixels)).mean(axis=1), atol=ATOL
+    )
+    np.testing.assert_allclose(np_(out["logits"]), np_(task(pixels)), atol=ATOL)
+    classifier = LinearHeadClassifier(teacher)
+    np.testing.assert_allclose(
+        classifier.scores(classifier.target(out)), np_(out["logits"]), atol=ATOL
+    )
+    with pytest.raises(ValueError, match=r"\(batch, 8\)"):
+        teacher.head_logits(np.zeros((2, 6)))
+    with pytest.raises(ValueError, match="needs a teacher with a classifier"):
+        LinearHeadClassifier(ViTTeacher(backbone))
+
+
+def test_with_settings_shares_the_backbone(vit_task):
+    teacher = Teacher.from_preset(vit_task[0])
+    levels = teacher.with_settings(layers=[0, -1], resize_to_grid=(4, 4))
+    assert levels.model is teacher.model
+    assert levels.image_converter is teacher.image_converter
+    assert (levels.layer_indices, levels.grid_shape) == ((0, 1), (4, 4))
+    with pytest.raises(ValueError, match="with_settings"):
+        teacher.with_settings(dtype="float16")

@@ -10,6 +10,7 @@ from sklearn.datasets import load_digits
 
 import keras_apm
 from keras_apm.data import upscale_digits
+from keras_apm.models.apm.apm_student import default_student_config
 from keras_apm.teachers import Teacher
 from keras_apm.ttt import BatchedTTT
 from keras_apm.ttt import CLIPZeroShotClassifier
@@ -259,7 +260,7 @@ def test_official_recipe(teacher):
 
 def test_student_from_config_and_preset(teacher, digits, tmp_path):
     images, _ = digits
-    config = keras_apm.ttt.default_student_config(teacher, 8)
+    config = default_student_config(teacher, "ttt", feature_dim=8)
     config["trunk_widths"] = (32,)
     path = tmp_path / "student.json"
     path.write_text(json.dumps(config))
@@ -288,7 +289,7 @@ def test_bad_arguments(teacher, digits):
     with pytest.raises(ValueError, match="Teacher"):
         TestTimeTrainer(teacher=np.zeros(3))
     with pytest.raises(ValueError, match="feature_dim=8"):
-        config = keras_apm.ttt.default_student_config(teacher, 12)
+        config = default_student_config(teacher, "ttt", feature_dim=12)
         TestTimeTrainer(config, teacher)
     trainer = TestTimeTrainer(teacher=teacher, steps=1, **FAST)
     with pytest.raises(ValueError, match=r"\[0, 255\]"):

@@ -56,7 +56,7 @@ def add_parser(subparsers):
 def run(args):
     import numpy as np
 
-    from keras_apm.teachers import Teacher
+    from keras_apm.models.apm.apm_student import load_teacher
     from keras_apm.ttt import TestTimeTrainer
     from keras_apm.ttt import classifier_for_teacher
     from keras_apm.ttt.evaluation import dataset_class_names
@@ -67,7 +67,7 @@ def run(args):
     if args.corruption is None and args.severity is not None:
         raise ValueError("--severity needs --corruption.")
     severity = 5 if args.severity is None else args.severity
-    teacher = Teacher.from_preset(args.teacher)
+    teacher = load_teacher(args.teacher)
     class_names = dataset_class_names(args.dataset, args.data_dir)
     embeddings = None
     if args.class_embeddings is not None:

@@ -6,7 +6,8 @@ import keras
 from keras import ops
 
 from keras_apm.distill import losses
-from keras_apm.teachers.teacher import Teacher
+from keras_apm.models.apm.apm_student import check_student_teacher
+from keras_apm.models.apm.apm_student import load_teacher
 from keras_apm.utils.validation import check_pixel_dtype
 from keras_apm.utils.validation import static_shape
 
@@ -176,14 +177,8 @@ class APMDistiller(keras.Model):
                 f"Received {type(image_converter).__name__}."
             )
         self.image_converter = image_converter
-        if isinstance(teacher, str):
-            teacher = self._load_teacher(teacher)
-        if teacher is not None and not isinstance(teacher, Teacher):
-            raise ValueError(
-                "`teacher` must be a `keras_apm.teachers.Teacher`, a teacher "
-                f"preset or None. Received {type(teacher).__name__}."
-            )
         if teacher is not None:
+            teacher = load_teacher(teacher, self.num_level_terms or None)
             self.check_teacher(teacher)
         self.teacher = teacher
 
@@ -231,18 +226,6 @@ class APMDistiller(keras.Model):
         weights["levels"] = levels
         return weights
 
-    def _load_teacher(self, preset):
-        teacher = Teacher.from_preset(preset)
-        if not self.num_level_terms:
-            return teacher
-        # Same backbone, now also returning evenly spaced levels.
-        layers = default_level_layers(teacher.num_layers, self.num_level_terms)
-        return type(teacher)(
-            teacher.model,
-            layers=layers,
-            image_converter=teacher.image_converter,
-        )
-
     @property
     def num_level_terms(self):
         """How many level losses the distiller computes (0 without levels)."""
@@ -258,33 +241,12 @@ class APMDistiller(keras.Model):
         Example:
         >>> distiller.check_teacher(Teacher.from_preset(path, layers=[0, -1]))
         """
-        student = self.student
-        teacher.check_grid(student.grid_shape)
-        if teacher.feature_dim != student.feature_dim:
-            raise ValueError(
-                f"The teacher's grid has {teacher.feature_dim} channels, the "
-                f"student's features {student.feature_dim}. Build the APM "
-                f"with feature_dim={teacher.feature_dim}."
-            )
-        if self.needs_global and teacher.global_dim != student.feature_dim:
-            raise ValueError(
-                f"The teacher's global embedding has {teacher.global_dim} "
-                f"values, the student's global head gives "
-                f"{student.feature_dim} (its feature_dim). Use a student with "
-                "global_head=False (or global_weight=0), or a teacher whose "
-                "global embedding is as wide as its grid."
-            )
-        if self.num_level_terms and teacher.num_levels != self.num_level_terms:
-            example = default_level_layers(
-                teacher.num_layers, min(student.num_levels, teacher.num_layers)
-            )
-            raise ValueError(
-                f"The student has {student.num_levels} GLOM levels; the "
-                f"teacher gives {teacher.num_levels} (layers="
-                f"{teacher.layer_indices}). Build the teacher with "
-                f"`layers=` {student.num_levels} block indices, e.g. "
-                f"{list(example)}."
-            )
+        check_student_teacher(
+            self.student,
+            teacher,
+            global_dim=teacher.global_dim if self.needs_global else None,
+            num_levels=self.num_level_terms,
+        )
 
     # ------------------------------------------------------------------
     # Targets and forward pass.
@@ -488,81 +450,3 @@ class APMDistiller(keras.Model):
         from keras_apm.distill.checkpoint import save_student_preset
 
         save_student_preset(self.student, directory, self.image_converter)
-
-
-def default_level_layers(num_layers, num_levels):
-    """`num_levels` evenly spaced block indices of a teacher, ending at -1.
-
-    Example:
-    >>> default_level_layers(12, 3)
-    (3, 7, 11)
-    """
-    num_layers, num_levels = int(num_layers), int(num_levels)
-    if not 1 <= num_levels <= num_layers:
-        raise ValueError(
-            f"Cannot pick {num_levels} levels from a teacher with "
-            f"{num_layers} transformer layers."
-        )
-    return tuple(
-        round((i + 1) * num_layers / num_levels) - 1 for i in range(num_levels)
-    )
-
-
-def default_student_config(
-    teacher, num_levels=1, trunk_widths=None, rgb_head=True, global_head=None
-):
-    """An APM config whose outputs match a teacher's targets.
-
-    The student reads images of the teacher's input size with the teacher's
-    patch size (so the grids agree), and its features are as wide as the
-    teacher's grid. The trunk is `(4m, 2m, m)` wide with `m = max(h * w, D)`
-    (the official COCO trunk narrows from 4096 to 1024 the same way). A
-    global head is added when the teacher's global embedding is as wide as
-    its grid (ViT, DINOv2; not a CLIP projection).
-    The RGB head ends in a sigmoid rather than the official ReLU (see the
-    comment below; pass `rgb_activation` to `keras_apm.APM` to choose).
-
-    Args:
-        teacher: a `keras_apm.teachers.Teacher`.
-        num_levels: GLOM levels (the teacher needs as many `layers`).
-        trunk_widths: overrides the trunk widths.
-        rgb_head: bool.
-        global_head: bool or None (automatic, see above).
-
-    Example:
-    >>> config = default_student_config(teacher)
-    >>> student = keras_apm.APM(**config)
-    """
-    patch = teacher.patch_size
-    if not isinstance(patch, int):
-        raise ValueError(
-            f"The default student needs a square patch; the teacher's is "
-            f"{patch}. Build the APM config yourself."
-        )
-    h, w = teacher.grid_shape
-    if teacher.resize_to_grid is not None:
-        raise ValueError(
-            "The default student copies the teacher's input size and patch; "
-            "a teacher with resize_to_grid needs a hand-built APM config."
-        )
-    d = int(teacher.feature_dim)
-    if global_head is None:
-        global_head = teacher.global_dim == d and d % 4 == 0
-    m = max(h * w, d)
-    heads = next(k for k in (8, 4, 2, 1) if d % k == 0)
-    return {
-        "image_shape": tuple(teacher.image_size) + (3,),
-        "patch_size": int(patch),
-        "trunk_widths": tuple(trunk_widths or (4 * m, 2 * m, m)),
-        "feature_dim": d,
-        "num_levels": int(num_levels),
-        "rgb_head": bool(rgb_head),
-        # The official head ends in a ReLU (kept for converted checkpoints);
-        # a fresh student gets a sigmoid, which matches the [0, 1] target
-        # and cannot die: with a ReLU the digits head collapsed to 0 in the
-        # first epoch (rgb_loss stuck at 0.194 = predicting black), and 3
-        # epochs reached rgb_loss 0.143 vs 0.034 (docs/distillation.md).
-        "rgb_activation": "sigmoid",
-        "global_head": bool(global_head),
-        "global_num_heads": heads,
-    }

@@ -12,82 +12,10 @@ import re
 
 import keras
 
+from keras_apm.models.apm.apm_student import check_student_teacher
+from keras_apm.models.apm.apm_student import load_teacher
+from keras_apm.models.apm.apm_student import resolve_student
 from keras_apm.utils.files import write_json
-
-
-def load_teacher(preset, levels=1):
-    """A frozen teacher with `levels` GLOM levels (an int or layer indices).
-
-    With an int `L > 1` the levels are `L` evenly spaced teacher layers
-    ending with the last (`default_level_layers`).
-
-    Example:
-    >>> teacher = load_teacher("vit_tiny_digits", levels=2)
-    """
-    from keras_apm.distill.distiller import default_level_layers
-    from keras_apm.teachers import Teacher
-
-    if isinstance(levels, int):
-        if levels < 1:
-            raise ValueError(f"`levels` must be >= 1. Received {levels}.")
-        if levels == 1:
-            return Teacher.from_preset(preset)
-        depth = Teacher.from_preset(preset, load_weights=False).num_layers
-        levels = default_level_layers(depth, levels)
-    return Teacher.from_preset(preset, layers=tuple(int(i) for i in levels))
-
-
-def build_student(teacher, student=None, num_levels=1, trunk_widths=None):
-    """The student: `student` (preset or JSON config file) or a default.
-
-    Without `student`, an APM sized from the teacher's grid and embedding
-    (`default_student_config`, with `trunk_widths` if given). A student
-    whose level count differs from the teacher's is refused.
-
-    Example:
-    >>> student = build_student(teacher)  # fresh, random weights
-    """
-    from keras_apm.distill.distiller import default_student_config
-    from keras_apm.models.apm import APM
-
-    if student is None:
-        return APM(
-            **default_student_config(
-                teacher, num_levels=num_levels, trunk_widths=trunk_widths
-            )
-        )
-    if trunk_widths is not None:
-        raise ValueError(
-            "`trunk_widths` sizes the default student; it cannot change a "
-            f"given one ({student!r}). Pass one or the other."
-        )
-    if str(student).endswith(".json"):
-        if not os.path.isfile(student):
-            raise ValueError(f"Student config file {student!r} does not exist.")
-        import json
-
-        with open(student, encoding="utf-8") as f:
-            config = json.load(f)
-        # Accept a bare APM config or a `keras.saving.serialize_keras_object`
-        # / preset `config.json` ({"class_name": ..., "config": {...}}).
-        config = config.get("config", config)
-        try:
-            model = APM.from_config(config)
-        except TypeError as e:
-            raise ValueError(
-                f"{student!r} is not an APM config: {e}. Expected a JSON "
-                "object of `keras_apm.APM` arguments, e.g. "
-                '{"image_shape": [32, 32, 3], "patch_size": 4, ...}.'
-            ) from None
-    else:
-        model = APM.from_preset(student)
-    if model.num_levels != num_levels:
-        raise ValueError(
-            f"The student has {model.num_levels} GLOM levels but {num_levels} "
-            "were asked for (`levels`). Give a student with as many levels, "
-            "or change `levels`."
-        )
-    return model
 
 
 def _split_or_none(dataset, split, **kwargs):
@@ -232,9 +160,10 @@ def distill(
     else:
         teacher_name = teacher.name
     num_levels = teacher.num_levels or 1
-    student = build_student(
-        teacher, student, num_levels=num_levels, trunk_widths=trunk_widths
+    student, _, _ = resolve_student(
+        student, teacher, num_levels=num_levels, trunk_widths=trunk_widths
     )
+    check_student_teacher(student, teacher, num_levels=student.num_levels)
     image_size = tuple(student.image_shape[:2])
     if validation_split == "auto":
         validation_split = "test" if split != "test" else None

@@ -34,8 +34,6 @@ def run_in_subprocess(preset_dir, jobs, representative_data=None):
     """
     import numpy as np
 
-    import keras_apm
-
     with tempfile.TemporaryDirectory(prefix="keras_apm_export_") as tmp:
         jobs_file = os.path.join(tmp, "jobs.json")
         error_file = os.path.join(tmp, "error.json")
@@ -55,7 +53,11 @@ def run_in_subprocess(preset_dir, jobs, representative_data=None):
         # take the memory this JAX or PyTorch process holds.
         env["CUDA_VISIBLE_DEVICES"] = "-1"
         # The child imports the same keras_apm, installed or not.
-        root = os.path.dirname(os.path.dirname(keras_apm.__file__))
+        # (This file is keras_apm/export/tensorflow_subprocess.py; importing
+        # keras_apm here to find it would close an import circle.)
+        root = os.path.dirname(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        )
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (root, env.get("PYTHONPATH")) if p
         )

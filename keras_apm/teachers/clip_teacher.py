@@ -1,12 +1,15 @@
 """Teacher adapter for keras-hub's `CLIPBackbone` / `CLIPVisionEncoder`."""
 
 import keras
-import keras_hub
+from keras_hub.models import CLIPBackbone
+from keras_hub.models import CLIPVisionEncoder
 
 from keras_apm.teachers import teacher_utils
 from keras_apm.teachers.teacher import Teacher
+from keras_apm.teachers.teacher_registry import register_teacher
 
 
+@register_teacher
 @keras.saving.register_keras_serializable(package="keras_apm")
 class CLIPTeacher(Teacher):
     """Teacher over a keras-hub CLIP vision tower (APM's TTT teacher).
@@ -47,40 +50,26 @@ class CLIPTeacher(Teacher):
     ((2, 8, 8, 16), (2, 16))
     """
 
-    backbone_classes = (
-        keras_hub.models.CLIPBackbone,
-        keras_hub.models.CLIPVisionEncoder,
-    )
-    default_mean = teacher_utils.CLIP_MEAN
-    default_std = teacher_utils.CLIP_STD
-    default_interpolation = "bicubic"
+    backbone_classes = (CLIPBackbone, CLIPVisionEncoder)
+    default_preprocessing = teacher_utils.CLIP_PREPROCESSING
 
     @property
     def vision_encoder(self):
         """The `CLIPVisionEncoder` that makes the tokens."""
-        if isinstance(self.backbone, keras_hub.models.CLIPBackbone):
+        if isinstance(self.backbone, CLIPBackbone):
             return self.backbone.vision_encoder
         return self.backbone
 
     @property
     def has_projection(self):
         """Whether `"global"` is the projected embedding (`CLIPBackbone`)."""
-        return isinstance(self.backbone, keras_hub.models.CLIPBackbone)
+        return isinstance(self.backbone, CLIPBackbone)
+
+    def _vision(self):
+        return self.vision_encoder
 
     def _data_format(self):
         return self.vision_encoder.embedding.data_format
-
-    def _image_hw(self):
-        shape = self.vision_encoder.image_shape
-        if self._data_format() == "channels_first":
-            return shape[1], shape[2]
-        return shape[0], shape[1]
-
-    def _patch_hw(self):
-        return teacher_utils.as_pair(self.vision_encoder.patch_size)
-
-    def _num_prefix_tokens(self):
-        return 1
 
     def _embed(self, pixels):
         encoder = self.vision_encoder
@@ -99,11 +88,7 @@ class CLIPTeacher(Teacher):
         return pooled
 
     @property
-    def feature_dim(self):
-        return int(self.vision_encoder.hidden_dim)
-
-    @property
     def global_dim(self):
         if self.has_projection:
             return int(self.backbone.projection_dim)
-        return int(self.vision_encoder.hidden_dim)
+        return self.feature_dim

@@ -1,12 +1,14 @@
 """Teacher adapter for keras-hub's `DINOV2Backbone` (registers or not)."""
 
 import keras
-import keras_hub
+from keras_hub.models import DINOV2Backbone
 
 from keras_apm.teachers import teacher_utils
 from keras_apm.teachers.teacher import Teacher
+from keras_apm.teachers.teacher_registry import register_teacher
 
 
+@register_teacher
 @keras.saving.register_keras_serializable(package="keras_apm")
 class DINOV2Teacher(Teacher):
     """Teacher over a keras-hub `DINOV2Backbone` (APM's COCO teacher).
@@ -42,22 +44,11 @@ class DINOV2Teacher(Teacher):
     (1, 2, 2, 32)
     """
 
-    backbone_classes = (keras_hub.models.DINOV2Backbone,)
-    default_mean = teacher_utils.IMAGENET_MEAN
-    default_std = teacher_utils.IMAGENET_STD
-    default_interpolation = "bicubic"
+    backbone_classes = (DINOV2Backbone,)
+    default_preprocessing = teacher_utils.DINOV2_PREPROCESSING
 
     def _data_format(self):
         return self.backbone.embeddings.data_format
-
-    def _image_hw(self):
-        shape = self.backbone.image_shape
-        if self._data_format() == "channels_first":
-            return shape[1], shape[2]
-        return shape[0], shape[1]
-
-    def _patch_hw(self):
-        return teacher_utils.as_pair(self.backbone.patch_size)
 
     @property
     def num_register_tokens(self):
@@ -74,14 +65,3 @@ class DINOV2Teacher(Teacher):
 
     def _final_norm(self, tokens):
         return self.backbone.layernorm(tokens)
-
-    def _global(self, tokens):
-        return tokens[:, 0, :]
-
-    @property
-    def feature_dim(self):
-        return int(self.backbone.hidden_dim)
-
-    @property
-    def global_dim(self):
-        return int(self.backbone.hidden_dim)

@@ -1,13 +1,13 @@
 """Base class of the teacher adapters over keras-hub vision transformers."""
 
 import keras
+import keras_hub
 import numpy as np
 from keras import ops
 
+from keras_apm.teachers import teacher_registry
 from keras_apm.teachers import teacher_utils
 from keras_apm.utils.validation import check_pixel_dtype
-
-_TEACHER_CLASSES = []
 
 
 @keras.saving.register_keras_serializable(package="keras_apm")
@@ -25,12 +25,14 @@ class Teacher(keras.layers.Layer):
     - `"levels"`: `(B, L, h, w, D)`, only when `layers` was given: the patch
       grids after the chosen transformer blocks (with the teacher's final
       norm applied when `normalize_levels=True`).
-    - `"logits"`: `(B, num_classes)`, only for teachers built from an image
-      classifier task (`ViTImageClassifier`): the task head's output.
+    - `"head_input"` and `"logits"`: only for teachers built from an image
+      classifier task (e.g. `ViTImageClassifier`): the `(B, head_dim)`
+      vector the task's head reads and the head's `(B, num_classes)` output.
 
     The teacher and its backbone are frozen (`trainable=False`). Build one
-    with `Teacher.from_preset(...)`, which picks the subclass from the
-    preset's backbone class, or construct a subclass from a built backbone.
+    with `Teacher.from_preset(...)`, which picks the subclass registered
+    for the preset's model class (`teacher_registry`), or construct a
+    subclass from a built backbone.
 
     Args:
         backbone: a built keras-hub backbone (or task) the subclass supports.
@@ -62,14 +64,9 @@ class Teacher(keras.layers.Layer):
 
     # Keras-hub classes (backbones or tasks) the subclass adapts.
     backbone_classes = ()
-    # Preprocessing when the backbone comes without an image converter.
-    default_mean = None
-    default_std = None
-    default_interpolation = "bilinear"
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        _TEACHER_CLASSES.append(cls)
+    # A `teacher_utils.Preprocessing`: what the family's keras-hub presets
+    # do, used when the backbone comes without an image converter.
+    default_preprocessing = None
 
     def __init__(
         self,
@@ -85,10 +82,13 @@ class Teacher(keras.layers.Layer):
         kwargs.pop("trainable", None)
         super().__init__(trainable=False, **kwargs)
         if type(self) is Teacher:
+            names = ", ".join(
+                f"`{t.__name__}`"
+                for t in teacher_registry.registered_teachers()
+            )
             raise ValueError(
                 "`Teacher` is the abstract base class. Build a teacher with "
-                "`Teacher.from_preset(preset)` or one of `ViTTeacher`, "
-                "`DINOV2Teacher`, `CLIPTeacher`."
+                f"`Teacher.from_preset(preset)` or one of {names}."
             )
         if not isinstance(backbone, self.backbone_classes):
             expected = ", ".join(c.__name__ for c in self.backbone_classes)
@@ -127,24 +127,36 @@ class Teacher(keras.layers.Layer):
         self._native_grid = (height // patch_h, width // patch_w)
 
     # ------------------------------------------------------------------
-    # Hooks for the subclasses.
+    # Hooks for the subclasses. The defaults follow keras-hub's vision
+    # backbones: `image_shape`, `patch_size`, `hidden_dim` and
+    # `data_format` attributes, a class token first, and a task (an image
+    # classifier) that holds its backbone as `task.backbone`.
 
     def _split_task(self, model):
         """Returns `(task or None, backbone)`."""
+        if isinstance(model, keras_hub.models.Task):
+            return model, model.backbone
         return None, model
 
-    def _image_hw(self):
-        raise NotImplementedError
-
-    def _patch_hw(self):
-        raise NotImplementedError
+    def _vision(self):
+        """The keras-hub model with `image_shape`, `patch_size`, `hidden_dim`."""
+        return self.backbone
 
     def _data_format(self):
-        return "channels_last"
+        return getattr(self._vision(), "data_format", "channels_last")
+
+    def _image_hw(self):
+        shape = self._vision().image_shape
+        if self._data_format() == "channels_first":
+            return shape[1], shape[2]
+        return shape[0], shape[1]
+
+    def _patch_hw(self):
+        return teacher_utils.as_pair(self._vision().patch_size)
 
     def _num_prefix_tokens(self):
         """Tokens ahead of the patch tokens (class, registers)."""
-        raise NotImplementedError
+        return 1
 
     def _embed(self, pixels):
         """Normalised pixels -> token sequence entering the first block."""
@@ -157,22 +169,40 @@ class Teacher(keras.layers.Layer):
         raise NotImplementedError
 
     def _global(self, tokens):
-        """Final normed token sequence -> `(B, global_dim)`."""
-        raise NotImplementedError
+        """Final normed token sequence -> `(B, global_dim)`: the class token."""
+        return tokens[:, 0, :]
 
-    def _logits(self, tokens):
-        """Final normed token sequence -> classifier output, or `None`."""
-        return None
+    def _head_input(self, tokens):
+        """Final normed tokens -> `(B, head_dim)`, what the task head reads.
+
+        Only called when the teacher has a task (`has_classifier`).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot read the head of a "
+            f"{type(self.task).__name__}."
+        )
+
+    def _head(self, vectors):
+        """`(B, head_dim)` head inputs -> `(B, num_classes)` head outputs."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot apply the head of a "
+            f"{type(self.task).__name__}."
+        )
 
     @property
     def feature_dim(self):
         """Channels `D` of the patch grid."""
-        raise NotImplementedError
+        return int(self._vision().hidden_dim)
 
     @property
     def global_dim(self):
         """Length `Dg` of the global embedding."""
-        raise NotImplementedError
+        return self.feature_dim
+
+    @property
+    def head_dim(self):
+        """Length of the vector the classifier head reads (`"head_input"`)."""
+        return self.feature_dim
 
     @property
     def num_layers(self):
@@ -309,7 +339,8 @@ class Teacher(keras.layers.Layer):
                 levels.append(self._to_grid(level))
             outputs["levels"] = ops.stack(levels, axis=1)
         if self.task is not None:
-            outputs["logits"] = self._logits(tokens)
+            outputs["head_input"] = self._head_input(tokens)
+            outputs["logits"] = self._head(outputs["head_input"])
         return outputs
 
     def classifier_logits(self, images):
@@ -319,14 +350,54 @@ class Teacher(keras.layers.Layer):
         `ViTImageClassifier` preset). The head's own activation, if any, is
         applied (keras-hub ViT presets have none: these are logits).
         """
-        if self.task is None:
-            raise ValueError(
-                f"This {type(self).__name__} has no classifier head: it was "
-                f"built from a bare {type(self.backbone).__name__}. Load an "
-                "image-classifier preset (a preset with a `task.json`, e.g. "
-                "a `ViTImageClassifier`) to use `classifier_logits()`."
-            )
+        self._check_has_classifier("classifier_logits()")
         return self(images)["logits"]
+
+    def head_logits(self, vectors):
+        """The classifier head applied to `(B, head_dim)` vectors.
+
+        What the teacher does to its own `"head_input"` output, on any
+        vectors of that width (e.g. a student's regressed ones). The result
+        is the head's output, as `"logits"` (`(B, num_classes)`).
+
+        Example:
+        >>> out = teacher(images)
+        >>> teacher.head_logits(out["head_input"])  # == out["logits"]
+        """
+        self._check_has_classifier("head_logits()")
+        vectors = ops.convert_to_tensor(vectors, "float32")
+        shape = tuple(vectors.shape)
+        if len(shape) != 2 or shape[-1] != self.head_dim:
+            raise ValueError(
+                f"Expected head inputs of shape (batch, {self.head_dim}). "
+                f"Received shape {shape}."
+            )
+        return self._head(vectors)
+
+    def with_settings(self, **settings):
+        """The same frozen backbone with other `Teacher` settings.
+
+        Takes `layers`, `resize_to_grid` and `normalize_levels` (see
+        `Teacher`); the others keep this teacher's values. No weights are
+        loaded or copied: both teachers share the backbone.
+
+        Example:
+        >>> resized = teacher.with_settings(resize_to_grid=(8, 8))
+        """
+        current = {
+            "layers": self.layer_indices,
+            "resize_to_grid": self.resize_to_grid,
+            "normalize_levels": self.normalize_levels,
+        }
+        unknown = sorted(set(settings) - set(current))
+        if unknown:
+            raise ValueError(
+                f"`with_settings` takes {sorted(current)}. Received {unknown}."
+            )
+        current.update(settings)
+        return type(self)(
+            self.model, image_converter=self.image_converter, **current
+        )
 
     # ------------------------------------------------------------------
     # Internals.
@@ -340,6 +411,15 @@ class Teacher(keras.layers.Layer):
             if index in wanted:
                 hidden[index] = x
         return self._final_norm(x), hidden
+
+    def _check_has_classifier(self, what):
+        if self.task is None:
+            raise ValueError(
+                f"This {type(self).__name__} has no classifier head: it was "
+                f"built from a bare {type(self.backbone).__name__}. Load an "
+                "image-classifier preset (a preset with a `task.json`, e.g. "
+                f"a `ViTImageClassifier`) to use `{what}`."
+            )
 
     def _to_grid(self, tokens):
         """`(B, prefix + h*w, D)` tokens -> `(B, h, w, D)` patch grid."""
@@ -406,10 +486,13 @@ class Teacher(keras.layers.Layer):
 
     def _set_preprocessing(self, converter):
         if converter is None:
-            scale, offset = teacher_utils.mean_std_to_scale_offset(
-                self.default_mean, self.default_std
-            )
-            self.interpolation = self.default_interpolation
+            if self.default_preprocessing is None:
+                raise ValueError(
+                    f"`{type(self).__name__}` has no default preprocessing: "
+                    "pass an `image_converter`."
+                )
+            mean, std, self.interpolation = self.default_preprocessing
+            scale, offset = teacher_utils.mean_std_to_scale_offset(mean, std)
             self.antialias = False
             # keras-hub's `ImageConverter` centre-crops to the aspect ratio
             # by default.
@@ -454,13 +537,16 @@ class Teacher(keras.layers.Layer):
     ):
         """Loads a teacher from a keras-hub preset.
 
-        The backbone is loaded with `keras_hub.models.Backbone.from_preset`
-        (or, for a preset saved from an image classifier task such as
-        `ViTImageClassifier`, with that task's `from_preset`, keeping the
-        head). The teacher class follows the backbone class: `ViTBackbone`
-        -> `ViTTeacher`, `DINOV2Backbone` -> `DINOV2Teacher`, `CLIPBackbone`
-        or `CLIPVisionEncoder` -> `CLIPTeacher`. The preset's image converter
-        (if any) sets the normalisation.
+        The teacher class is the one registered for the model class the
+        preset holds (`teacher_registry`; keras-hub's `Backbone.from_preset`
+        finds a backbone's class from the preset the same way):
+        `ViTBackbone` -> `ViTTeacher`, `DINOV2Backbone` -> `DINOV2Teacher`,
+        `CLIPBackbone` or `CLIPVisionEncoder` -> `CLIPTeacher`. A preset
+        saved from a task whose head a teacher reads (e.g. a
+        `ViTImageClassifier`, with a `task.json`) loads as that task, head
+        included; otherwise its backbone is loaded. On a subclass
+        (`ViTTeacher.from_preset`) only that class is considered. The
+        preset's image converter (if any) sets the normalisation.
 
         Args:
             preset: a keras-hub preset name, hub handle or local directory.
@@ -475,49 +561,24 @@ class Teacher(keras.layers.Layer):
         >>> teacher.grid_shape, teacher.feature_dim, teacher.global_dim
         ((16, 16), 1024, 768)
         """
-        import keras_hub
-
-        # Importing the subclasses registers them.
-        from keras_apm.teachers import clip_teacher  # noqa: F401
-        from keras_apm.teachers import dinov2_teacher  # noqa: F401
-        from keras_apm.teachers import vit_teacher  # noqa: F401
-
         task_cls = teacher_utils.preset_task_class(preset)
-        if task_cls is not None and issubclass(
-            task_cls, keras_hub.models.ImageClassifier
-        ):
-            model = task_cls.from_preset(
-                preset, load_weights=load_weights, **kwargs
-            )
-        else:
-            model = keras_hub.models.Backbone.from_preset(
-                preset, load_weights=load_weights, **kwargs
-            )
-        candidates = [cls] if cls is not Teacher else _TEACHER_CLASSES
+        backbone_cls = teacher_utils.preset_backbone_class(preset)
         teacher_cls = None
-        for candidate in candidates:
-            if isinstance(model, candidate.backbone_classes):
-                teacher_cls = candidate
+        for model_cls in (task_cls, backbone_cls):
+            teacher_cls = cls._adapter_for(model_cls)
+            if teacher_cls is not None:
                 break
-        if teacher_cls is None and isinstance(model, keras_hub.models.Task):
-            # A task whose head we cannot read: fall back to its backbone.
-            for candidate in candidates:
-                if isinstance(model.backbone, candidate.backbone_classes):
-                    teacher_cls, model = candidate, model.backbone
-                    break
         if teacher_cls is None:
-            supported = sorted(
-                {
-                    c.__name__
-                    for candidate in _TEACHER_CLASSES
-                    for c in candidate.backbone_classes
-                    if candidate in candidates
-                }
+            supported = teacher_registry.supported_model_names(
+                None if cls is Teacher else [cls]
             )
             raise ValueError(
-                f"Preset {preset!r} holds a {type(model).__name__}; "
+                f"Preset {preset!r} holds a {backbone_cls.__name__}; "
                 f"`{cls.__name__}.from_preset` supports {supported}."
             )
+        model = model_cls.from_preset(
+            preset, load_weights=load_weights, **kwargs
+        )
         converter = None
         if getattr(model, "preprocessor", None) is not None:
             converter = getattr(model.preprocessor, "image_converter", None)
@@ -530,6 +591,15 @@ class Teacher(keras.layers.Layer):
             image_converter=converter,
             normalize_levels=normalize_levels,
         )
+
+    @classmethod
+    def _adapter_for(cls, model_cls):
+        """The teacher class for a keras-hub class, or None."""
+        if model_cls is None:
+            return None
+        if cls is Teacher:
+            return teacher_registry.teacher_class_for(model_cls)
+        return cls if issubclass(model_cls, cls.backbone_classes) else None
 
     def get_config(self):
         config = super().get_config()

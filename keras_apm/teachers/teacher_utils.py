@@ -6,6 +6,8 @@ conversion scripts write into the presets' `image_converter.json`
 backbone comes without an image converter.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
 # ImageNet statistics (DINOv2 presets).
@@ -17,6 +19,20 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # Google ViT statistics (ViT presets): maps [0, 255] to [-1, 1].
 VIT_MEAN = (0.5, 0.5, 0.5)
 VIT_STD = (0.5, 0.5, 0.5)
+
+
+class Preprocessing(NamedTuple):
+    """Per-channel `mean`, `std` (of [0, 1] images) and the resize method."""
+
+    mean: tuple
+    std: tuple
+    interpolation: str
+
+
+# What each family's keras-hub presets do (a teacher's default).
+VIT_PREPROCESSING = Preprocessing(VIT_MEAN, VIT_STD, "bilinear")
+DINOV2_PREPROCESSING = Preprocessing(IMAGENET_MEAN, IMAGENET_STD, "bicubic")
+CLIP_PREPROCESSING = Preprocessing(CLIP_MEAN, CLIP_STD, "bicubic")
 
 IMAGE_CONVERTER_CONFIG_FILE = "image_converter.json"
 TASK_CONFIG_FILE = "task.json"
@@ -150,14 +166,28 @@ def preset_has_file(preset, filename):
     return _preset_utils().check_file_exists(preset, filename)
 
 
-def preset_task_class(preset):
-    """The task class saved in a preset's `task.json`, or `None`."""
-    utils = _preset_utils()
+def _check_preset(preset):
     if not isinstance(preset, str):
         raise ValueError(
             "Expected `preset` to be a string: a keras-hub preset name, a "
             f"hub handle or a local directory. Received {preset!r}."
         )
+
+
+def preset_backbone_class(preset):
+    """The backbone class a preset holds (what `Backbone.from_preset` reads).
+
+    Works for keras-hub presets and for the hub formats keras-hub converts
+    (Hugging Face transformers, timm), without loading any weights.
+    """
+    _check_preset(preset)
+    return _preset_utils().get_preset_loader(preset).check_backbone_class()
+
+
+def preset_task_class(preset):
+    """The task class saved in a preset's `task.json`, or `None`."""
+    utils = _preset_utils()
+    _check_preset(preset)
     if not utils.check_file_exists(preset, TASK_CONFIG_FILE):
         return None
     config = utils.load_json(preset, TASK_CONFIG_FILE)

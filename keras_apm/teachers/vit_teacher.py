@@ -1,13 +1,16 @@
 """Teacher adapter for keras-hub's `ViTBackbone` / `ViTImageClassifier`."""
 
 import keras
-import keras_hub
 from keras import ops
+from keras_hub.models import ViTBackbone
+from keras_hub.models import ViTImageClassifier
 
 from keras_apm.teachers import teacher_utils
 from keras_apm.teachers.teacher import Teacher
+from keras_apm.teachers.teacher_registry import register_teacher
 
 
+@register_teacher
 @keras.saving.register_keras_serializable(package="keras_apm")
 class ViTTeacher(Teacher):
     """Teacher over a keras-hub ViT (`ViTBackbone` or `ViTImageClassifier`).
@@ -20,10 +23,11 @@ class ViTTeacher(Teacher):
     - `"global"`: final-norm class token; without a class token, the mean of
       the final-norm patch tokens.
     - `"levels"`: outputs of the chosen `ViTEncoderBlock`s.
-    - `"logits"` (task presets only): the `ViTImageClassifier` head, applied
-      to the final-norm tokens exactly as the task does (`"token"` pooling:
-      class token; `"gap"`: mean of all tokens; then the optional `tanh`
-      pre-logits layer and the output `Dense`).
+    - `"head_input"`, `"logits"` (task presets only): what the
+      `ViTImageClassifier` head reads from the final-norm tokens (`"token"`
+      pooling: the class token; `"gap"`: the mean of all tokens) and its
+      output (the optional `tanh` pre-logits layer, then the output
+      `Dense`), exactly as the task computes them.
 
     Default preprocessing without an image converter (keras-hub ViT presets):
     bilinear resize, `x / 127.5 - 1` (mean = std = 0.5).
@@ -43,45 +47,20 @@ class ViTTeacher(Teacher):
     ((2, 8, 8, 16), (2, 16), (2, 2, 8, 8, 16))
     """
 
-    backbone_classes = (
-        keras_hub.models.ViTBackbone,
-        keras_hub.models.ViTImageClassifier,
-    )
-    default_mean = teacher_utils.VIT_MEAN
-    default_std = teacher_utils.VIT_STD
-    default_interpolation = "bilinear"
-
-    def _split_task(self, model):
-        if isinstance(model, keras_hub.models.ViTImageClassifier):
-            return model, model.backbone
-        return None, model
-
-    @property
-    def _embedding(self):
-        return self.backbone.get_layer("vit_patching_and_embedding")
+    backbone_classes = (ViTBackbone, ViTImageClassifier)
+    default_preprocessing = teacher_utils.VIT_PREPROCESSING
 
     @property
     def _encoder(self):
         return self.backbone.get_layer("vit_encoder")
-
-    def _data_format(self):
-        return self.backbone.data_format
-
-    def _image_hw(self):
-        shape = self.backbone.image_shape
-        if self._data_format() == "channels_first":
-            return shape[1], shape[2]
-        return shape[0], shape[1]
-
-    def _patch_hw(self):
-        return teacher_utils.as_pair(self.backbone.patch_size)
 
     def _num_prefix_tokens(self):
         return 1 if self.backbone.use_class_token else 0
 
     def _embed(self, pixels):
         # `ViTEncoder.call` starts with its dropout; keep the same order.
-        return self._encoder.dropout(self._embedding(pixels))
+        embedding = self.backbone.get_layer("vit_patching_and_embedding")
+        return self._encoder.dropout(embedding(pixels))
 
     def _blocks(self):
         return list(self._encoder.encoder_layers)
@@ -94,25 +73,18 @@ class ViTTeacher(Teacher):
             return tokens[:, 0, :]
         return ops.mean(tokens, axis=1)
 
-    def _logits(self, tokens):
-        task = self.task
-        if task.pooling == "token":
-            x = tokens[:, 0]
-        elif task.pooling == "gap":
-            x = ops.mean(tokens, axis=1)
-        else:
-            raise ValueError(
-                "Expected ViTImageClassifier pooling 'token' or 'gap'. "
-                f"Received {task.pooling!r}."
-            )
-        if task.intermediate_dim is not None:
-            x = task.intermediate_layer(x)
-        return task.output_dense(x)
+    def _head_input(self, tokens):
+        pooling = self.task.pooling
+        if pooling == "token":
+            return tokens[:, 0]
+        if pooling == "gap":
+            return ops.mean(tokens, axis=1)
+        raise ValueError(
+            "Expected ViTImageClassifier pooling 'token' or 'gap'. "
+            f"Received {pooling!r}."
+        )
 
-    @property
-    def feature_dim(self):
-        return int(self.backbone.hidden_dim)
-
-    @property
-    def global_dim(self):
-        return int(self.backbone.hidden_dim)
+    def _head(self, vectors):
+        if self.task.intermediate_dim is not None:
+            vectors = self.task.intermediate_layer(vectors)
+        return self.task.output_dense(vectors)

@@ -10,7 +10,6 @@ from keras_apm.ttt.classifiers import clip_text_embeddings
 from keras_apm.ttt.evaluation import evaluate
 from keras_apm.ttt.evaluation import ttt_dataset
 from keras_apm.ttt.recipes import RECIPES
-from keras_apm.ttt.student import default_student_config
 from keras_apm.ttt.student import initialize_student
 from keras_apm.ttt.trainer import TestTimeTrainer
 
@@ -24,7 +23,6 @@ __all__ = [
     "TestTimeTrainer",
     "classifier_for_teacher",
     "clip_text_embeddings",
-    "default_student_config",
     "evaluate",
     "initialize_student",
     "ttt_dataset",

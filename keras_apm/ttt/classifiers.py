@@ -11,9 +11,10 @@ are measured the same way.
 - `CLIPZeroShotClassifier`: class embeddings from CLIP's text tower, for
   prompts "a photo of a {class}" (several templates averaged), as in APM's
   zero-shot TTT.
-- `LinearHeadClassifier`: the teacher's own classifier head (e.g. a
-  `ViTImageClassifier` preset), applied to the student's vector in place of
-  the feature the head normally reads; prediction = argmax logits.
+- `LinearHeadClassifier`: the teacher's own classifier head (any teacher
+  with one, e.g. from a `ViTImageClassifier` preset), applied to the
+  student's vector in place of the one the head normally reads; prediction
+  = argmax logits.
 """
 
 import numpy as np
@@ -251,16 +252,16 @@ class CLIPZeroShotClassifier(EmbeddingClassifier):
 class LinearHeadClassifier(Classifier):
     """The teacher's own classifier head, applied to the student's vector.
 
-    For a `ViTImageClassifier` teacher the head reads the final-norm class
-    token (`pooling="token"`) or the mean of all final-norm tokens
-    (`pooling="gap"`), then the optional `tanh` pre-logits layer and the
-    output `Dense`. The student regresses exactly what the head reads, and
-    its vector goes through the same layers; prediction = argmax logits.
+    Works with any teacher that has a head (`teacher.has_classifier`, e.g.
+    one built from a `ViTImageClassifier` preset). The student regresses
+    exactly what the head reads (the teacher's `"head_input"` output: for a
+    ViT, the class token or the mean of all tokens); the teacher's head
+    turns the student's vector into logits (`teacher.head_logits`), and the
+    teacher's own scores are the `"logits"` it already computed.
+    Prediction = argmax logits.
 
     Args:
-        teacher: a `keras_apm.teachers.Teacher` with a classifier head
-            (`teacher.has_classifier`), e.g. from a `ViTImageClassifier`
-            preset.
+        teacher: a `keras_apm.teachers.Teacher` with a classifier head.
 
     Example:
     ```python
@@ -271,34 +272,15 @@ class LinearHeadClassifier(Classifier):
     """
 
     def __init__(self, teacher):
-        import keras_hub
-
-        task = getattr(teacher, "task", None)
-        if task is None or not isinstance(task, keras_hub.models.ViTImageClassifier):
+        if not getattr(teacher, "has_classifier", False):
             raise ValueError(
-                "`LinearHeadClassifier` needs a teacher built from a "
-                "`ViTImageClassifier` preset (one with a classifier head). "
-                f"This {type(teacher).__name__} has none."
-            )
-        if task.pooling not in ("token", "gap"):
-            raise ValueError(
-                f"Unsupported ViTImageClassifier pooling {task.pooling!r}."
-            )
-        if task.pooling == "gap" and teacher.resize_to_grid not in (
-            None,
-            teacher.native_grid_shape,
-        ):
-            raise ValueError(
-                "With `pooling='gap'` the head reads the mean of all tokens, "
-                "which is rebuilt from the teacher's grid: build the teacher "
-                "without `resize_to_grid`."
+                "`LinearHeadClassifier` needs a teacher with a classifier "
+                "head (e.g. from a `ViTImageClassifier` preset). This "
+                f"{type(teacher).__name__} has none."
             )
         self.teacher = teacher
-        self.task = task
-        self.pooling = task.pooling
-        self.use_class_token = bool(teacher.backbone.use_class_token)
-        self.target_dim = int(teacher.backbone.hidden_dim)
-        self.num_classes = int(task.num_classes)
+        self.target_dim = int(teacher.head_dim)
+        self.num_classes = int(teacher.num_classes)
         self.class_names = None
 
     def check_teacher(self, teacher):
@@ -309,29 +291,21 @@ class LinearHeadClassifier(Classifier):
             )
 
     def target(self, teacher_outputs):
-        """The head's input: class token (`"token"`) or mean of all tokens."""
-        cls_token = _to_numpy(teacher_outputs["global"])
-        if self.pooling == "token" or not self.use_class_token:
-            # Without a class token the teacher's global is already the
-            # mean of the (patch) tokens.
-            return cls_token
-        grid = _to_numpy(teacher_outputs["grid"])
-        batch, dim = cls_token.shape
-        patches = grid.reshape(batch, -1, dim)
-        return (cls_token + patches.sum(axis=1)) / (patches.shape[1] + 1)
+        """What the head reads: the teacher's `"head_input"`."""
+        return _check_vectors(
+            teacher_outputs["head_input"], self.target_dim, "head inputs"
+        )
 
     def scores(self, vectors):
-        x = ops.convert_to_tensor(_check_vectors(vectors, self.target_dim))
-        if self.task.intermediate_dim is not None:
-            x = self.task.intermediate_layer(x)
-        return _to_numpy(self.task.output_dense(x))
+        vectors = _check_vectors(vectors, self.target_dim)
+        return _to_numpy(self.teacher.head_logits(vectors))
 
     def teacher_scores(self, teacher_outputs):
         return _to_numpy(teacher_outputs["logits"])
 
     def get_config(self):
         config = super().get_config()
-        config["pooling"] = self.pooling
+        config["teacher"] = type(self.teacher).__name__
         return config
 
 

@@ -1,53 +1,16 @@
-"""The student of test-time training: its size, initial weights, inputs."""
+"""The student of test-time training: its initial weights and its inputs.
 
-import json
-import os
+Its size and how a student argument is read are shared with distillation:
+`keras_apm.models.apm.apm_student` (`default_student_config(teacher,
+"ttt", ...)`, `resolve_student`).
+"""
+
 import zlib
 
 import keras
-import numpy as np
 from keras import ops
 
 INITS = ("keras", "normal")
-
-
-def default_student_config(teacher, target_dim, rgb_head=False):
-    """An APM config sized from a teacher, for test-time training.
-
-    The student sees the teacher's input size with the teacher's patch size
-    (so its grid is the teacher's), its trunk is `(4n, 2n, n)` wide for
-    `n = h * w` locations (the official TTT trunk 4096-2048-1024 at
-    n = 1024), and its feature width and global head match `target_dim`, the
-    length of the vector it regresses.
-
-    Example:
-    >>> default_student_config(teacher, 64)["trunk_widths"]  # 8x8 grid
-    (256, 128, 64)
-    """
-    patch = teacher.patch_size
-    if not isinstance(patch, (int, np.integer)):
-        raise ValueError(
-            f"The default student needs a square patch; the teacher's is "
-            f"{patch}. Pass a student config."
-        )
-    target_dim = int(target_dim)
-    if target_dim % 4:
-        raise ValueError(
-            "The student's global head adds a sine/cosine code of the "
-            f"target's width, which must be divisible by 4: {target_dim}. "
-            "Pass a student config."
-        )
-    h, w = teacher.native_grid_shape
-    n = h * w
-    return {
-        "image_shape": tuple(teacher.image_size) + (3,),
-        "patch_size": int(patch),
-        "trunk_widths": (4 * n, 2 * n, n),
-        "feature_dim": target_dim,
-        "rgb_head": bool(rgb_head),
-        "global_head": True,
-        "global_num_heads": next(k for k in (8, 4, 2, 1) if target_dim % k == 0),
-    }
 
 
 def _variable_seed(seed, path):
@@ -92,43 +55,6 @@ def initialize_student(model, seed=0, init="keras", init_std=0.01):
             )
         value = initializer(tuple(variable.shape), "float32")
         variable.assign(ops.cast(value, variable.dtype))
-
-
-def resolve_student(student, teacher, target_dim, rgb_head=False):
-    """Returns `(model, preset_or_None, wants_seeded_init)`.
-
-    `student` is None (sized from the teacher), an APM config dict, a path
-    to a JSON file holding one, an APM preset, or an `APM`.
-    """
-    from keras_apm.models.apm import APM
-
-    if student is None:
-        config = default_student_config(teacher, target_dim, rgb_head)
-        return APM(**config), None, True
-    if isinstance(student, APM):
-        return student, None, False
-    if isinstance(student, dict):
-        config = student.get("config", student)
-        if not isinstance(config, dict):
-            raise ValueError(f"Expected an APM config dict. Received {student!r}")
-        return APM.from_config(dict(config)), None, True
-    if isinstance(student, (str, os.PathLike)):
-        student = os.fspath(student)
-        if student.endswith(".json") and os.path.isfile(student):
-            with open(student, encoding="utf-8") as f:
-                try:
-                    config = json.load(f)
-                except json.JSONDecodeError as e:
-                    raise ValueError(
-                        f"Student config {student!r} is not valid JSON ({e})."
-                    ) from None
-            return resolve_student(config, teacher, target_dim, rgb_head)
-        return APM.from_preset(student), student, False
-    raise ValueError(
-        "`student` must be None (sized from the teacher), an APM config "
-        "dict, a JSON file holding one, an APM preset, or an `APM`. "
-        f"Received {type(student).__name__}."
-    )
 
 
 def student_preprocessor(model, preset=None):

@@ -6,13 +6,15 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_apm.models.apm.apm_student import check_student_teacher
+from keras_apm.models.apm.apm_student import load_teacher
+from keras_apm.models.apm.apm_student import resolve_student
 from keras_apm.ttt import recipes
 from keras_apm.ttt.batched import BatchedTTT
 from keras_apm.ttt.classifiers import Classifier
 from keras_apm.ttt.classifiers import LinearHeadClassifier
 from keras_apm.ttt.student import INITS
 from keras_apm.ttt.student import initialize_student
-from keras_apm.ttt.student import resolve_student
 from keras_apm.ttt.student import student_preprocessor
 
 ENGINES = ("batched", "per_image")
@@ -36,8 +38,9 @@ class TestTimeTrainer:
     `train_on_batch` on the real `APM` (the slow reference).
 
     Args:
-        student: `None` (an APM sized from the teacher, see
-            `default_student_config`), an APM config dict or a JSON file
+        student: `None` (an APM sized from the teacher by
+            `keras_apm.models.apm.apm_student.default_student_config(
+            teacher, "ttt")`), an APM config dict or a JSON file
             holding one (seeded fresh weights), an APM preset (its weights
             are the starting point, its image converter the preprocessing),
             or an `APM` (its current weights).
@@ -96,8 +99,6 @@ class TestTimeTrainer:
         preprocessor=None,
         jit_compile=True,
     ):
-        from keras_apm.teachers import Teacher
-
         settings = recipes.recipe_settings(recipe)
         if optimizer is None:
             optimizer = settings["optimizer"]
@@ -121,13 +122,7 @@ class TestTimeTrainer:
         if init not in INITS:
             raise ValueError(f"`init` must be one of {INITS}. Received {init!r}")
 
-        if isinstance(teacher, str):
-            teacher = Teacher.from_preset(teacher)
-        if not isinstance(teacher, Teacher):
-            raise ValueError(
-                "Expected `teacher` to be a `keras_apm.teachers.Teacher` or a "
-                f"preset. Received {type(teacher).__name__}."
-            )
+        teacher = load_teacher(teacher)
         if classifier is None:
             if not teacher.has_classifier:
                 raise ValueError(
@@ -143,22 +138,19 @@ class TestTimeTrainer:
         classifier.check_teacher(teacher)
 
         model, preset, seeded = resolve_student(
-            student, teacher, classifier.target_dim, rgb_weight > 0
+            student,
+            teacher,
+            sizing="ttt",
+            feature_dim=classifier.target_dim,
+            rgb_head=rgb_weight > 0,
         )
-        if model.global_head and model.feature_dim != classifier.target_dim:
-            raise ValueError(
-                f"The student's global vector is {model.feature_dim}-d but "
-                f"the classifier's target is {classifier.target_dim}-d: "
-                f"build the student with feature_dim={classifier.target_dim}."
-            )
-        if grid_weight > 0:
-            teacher.check_grid(model.grid_shape)
-            if model.feature_dim != teacher.feature_dim:
-                raise ValueError(
-                    f"`grid_weight > 0` regresses the teacher's "
-                    f"{teacher.feature_dim}-d grid with the student's "
-                    f"{model.feature_dim}-d features: they must match."
-                )
+        check_student_teacher(
+            model,
+            teacher,
+            grid=grid_weight > 0,
+            global_dim=classifier.target_dim if model.global_head else None,
+            global_source="the classifier's target",
+        )
         if seeded:
             initialize_student(model, seed, init, init_std)
 

@@ -41,19 +41,13 @@ def _fresh_apm(args, teacher):
 
     from keras_apm import APM
     from keras_apm import APMImageConverter
+    from keras_apm.models.apm.apm_student import default_student_config
     from keras_apm.visualize import load_converter
 
     keras.utils.set_random_seed(args.seed)
     if args.preset:
         model = APM.from_preset(args.preset, load_weights=False)
-        converter = load_converter(args.preset)
-        if model.feature_dim != teacher.feature_dim:
-            raise ValueError(
-                f"The preset's feature_dim is {model.feature_dim} but the "
-                f"teacher's grid is {teacher.feature_dim}-d. Use a matching "
-                "teacher, or leave out --preset to build the APM from flags."
-            )
-        return model, converter
+        return model, load_converter(args.preset)
     try:
         widths = tuple(int(w) for w in args.trunk_widths.split(","))
     except ValueError:
@@ -63,29 +57,31 @@ def _fresh_apm(args, teacher):
             "--trunk-widths must be comma-separated positive integers, e.g. "
             f"512,512. Received {args.trunk_widths!r}."
         )
-    patch = args.patch_size or teacher.patch_size
-    if not isinstance(patch, int):
-        raise ValueError(f"The teacher's patch is {patch}: pass --patch-size.")
-    size = (args.image_size,) * 2 if args.image_size else teacher.image_size
-    grid = size[0] // patch * (size[1] // patch)
-    model = APM(
-        image_shape=tuple(size) + (3,),
-        patch_size=patch,
+    if not isinstance(args.patch_size or teacher.patch_size, int):
+        raise ValueError(
+            f"The teacher's patch is {teacher.patch_size}: pass --patch-size."
+        )
+    size = (args.image_size,) * 2 if args.image_size else None
+    # The distillation student (sigmoid RGB head: the official final ReLU
+    # can die on a colour channel for good in a short run) without a
+    # global head, at the flags' size.
+    config = default_student_config(
+        teacher,
         trunk_widths=widths,
-        feature_dim=teacher.feature_dim,
-        # The official position code is as long as the trigger column; it
-        # must be a multiple of 4.
-        position_dim=-(-grid // 4) * 4,
-        # The official final ReLU can die on a colour channel for good in a
-        # short run; a sigmoid cannot, and its range is the target's [0, 1].
-        rgb_activation="sigmoid",
+        global_head=False,
+        image_size=size,
+        patch_size=args.patch_size,
     )
-    return model, APMImageConverter(size, scaling="unit", antialias=True)
+    converter = APMImageConverter(
+        config["image_shape"][:2], scaling="unit", antialias=True
+    )
+    return APM(**config), converter
 
 
 def run(args):
     from keras_apm.distill import save_student_preset
-    from keras_apm.teachers import Teacher
+    from keras_apm.models.apm.apm_student import check_student_teacher
+    from keras_apm.models.apm.apm_student import load_teacher
     from keras_apm.visualize import overfit
     from keras_apm.visualize import overfit_frames
     from keras_apm.visualize import prepare_images
@@ -106,12 +102,18 @@ def run(args):
         raise ValueError(
             f"{args.save_preset!r} exists. Pass --overwrite to replace it."
         )
-    teacher = Teacher.from_preset(args.teacher)
+    teacher = load_teacher(args.teacher)
     model, converter = _fresh_apm(args, teacher)
     if teacher.grid_shape != model.grid_shape:
-        teacher = Teacher.from_preset(
-            args.teacher, resize_to_grid=model.grid_shape
-        )
+        teacher = teacher.with_settings(resize_to_grid=model.grid_shape)
+    try:
+        check_student_teacher(model, teacher)
+    except ValueError as e:
+        raise ValueError(
+            f"The --preset APM does not fit the --teacher: {e} Use a "
+            "matching teacher, or leave out --preset to build the APM from "
+            "flags."
+        ) from None
     _, views = prepare_images(images, model.image_shape, converter)
     targets = teacher_grids(teacher, views, model.grid_shape)
     snapshots = overfit(
