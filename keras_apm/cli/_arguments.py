@@ -10,11 +10,14 @@ def add_teacher_and_data(parser, required=True, split_help="TFDS split"):
 
     All default to None: the command (or its recipe) fills them in.
     """
+    default = "" if required else " (default: the recipe's)"
     parser.add_argument(
-        "--teacher", required=required, help="teacher preset: name, handle or directory"
+        "--teacher", required=required,
+        help="teacher preset: name, handle or directory" + default,
     )
     parser.add_argument(
-        "--dataset", required=required, help="TFDS name or folder of images"
+        "--dataset", required=required,
+        help="TFDS name or folder of images" + default,
     )
     parser.add_argument("--split", help=split_help)
     parser.add_argument(

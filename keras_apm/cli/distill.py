@@ -132,12 +132,8 @@ def run(args):
                 f"--{flag} is required: --recipe {args.recipe} names no {flag}."
             )
     metrics = distill(
-        output=args.output,
-        recipe=args.recipe,
-        student=args.student,
-        cache=args.cache,
-        resume=args.resume,
-        data_dir=args.data_dir,
+        output=args.output, recipe=args.recipe, student=args.student,
+        cache=args.cache, resume=args.resume, data_dir=args.data_dir,
         **overrides,
     )
     figures = metrics["validation"] or metrics["train"]

@@ -36,14 +36,10 @@ def add_parser(subparsers):
     parser.add_argument("--loss", default=None, choices=LOSSES)
     _arguments.add_seed(parser, help="init and corruption seed")
     parser.add_argument(
-        "--class-embeddings",
-        default=None,
-        help=".npy file of (num_classes, dim) class embeddings",
+        "--class-embeddings", help=".npy file of (num_classes, dim) class embeddings"
     )
     parser.add_argument(
-        "--templates",
-        nargs="+",
-        default=None,
+        "--templates", nargs="+",
         help="CLIP prompt templates, each with one {} (default 'a photo of a {}')",
     )
     parser.add_argument("--output", required=True, help="result JSON file")

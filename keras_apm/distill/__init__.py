@@ -8,14 +8,18 @@ from keras_apm.distill.distiller import default_student_config
 from keras_apm.distill.recipe import build_student
 from keras_apm.distill.recipe import distill
 from keras_apm.distill.recipe import load_teacher
+from keras_apm.distill.recipes import DistillRecipe
+from keras_apm.distill.recipes import get_recipe
 
 __all__ = [
     "APMDistiller",
     "DistillCheckpoint",
+    "DistillRecipe",
     "build_student",
     "default_level_layers",
     "default_student_config",
     "distill",
+    "get_recipe",
     "load_teacher",
     "save_student_preset",
 ]

@@ -153,18 +153,9 @@ def _final(history, prefix=""):
     }
 
 
-def distill(
-    teacher=None,
-    dataset=None,
-    output=None,
-    recipe="default",
-    student=None,
-    cache=None,
-    resume=False,
-    data_dir=None,
-    verbose="auto",
-    **overrides,
-):
+def distill(teacher=None, dataset=None, output=None, recipe="default",
+            student=None, cache=None, resume=False, data_dir=None,
+            verbose="auto", **overrides):
     """Distills a teacher preset into an APM on a dataset; saves everything.
 
     Writes, under `output`: `checkpoints/` (one per epoch, the newest
