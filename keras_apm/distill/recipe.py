@@ -207,13 +207,14 @@ def distill(teacher=None, dataset=None, output=None, recipe="default",
     settings = get_recipe(recipe, **overrides)
     teacher = settings.teacher if teacher is None else teacher
     dataset = settings.dataset if dataset is None else dataset
-    for name, value in (("teacher", teacher), ("dataset", dataset),
-                        ("output", output)):
+    for name, value in (("teacher", teacher), ("dataset", dataset)):
         if value is None:
             raise ValueError(
-                f"`distill` needs `{name}=` (or a recipe that names a "
-                f"{name}). Received none."
+                f"`distill` needs `{name}=` or a recipe that names one; "
+                f"recipe {recipe!r} does not."
             )
+    if output is None:
+        raise ValueError("`distill` needs `output=`, the run directory.")
     split, validation_split = settings.split, settings.validation_split
     levels, epochs, seed = settings.levels, settings.epochs, settings.seed
     batch_size, learning_rate = settings.batch_size, settings.learning_rate
