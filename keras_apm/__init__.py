@@ -15,6 +15,7 @@ from keras_apm.distill import APMDistiller
 from keras_apm.export import export
 from keras_apm.models.apm import APM
 from keras_apm.models.apm import APMImageConverter
+from keras_apm.models.apm import apm_outputs
 from keras_apm.ttt import BatchedTTT
 from keras_apm.ttt import TestTimeTrainer
 

@@ -10,6 +10,9 @@ import skimage.io
 
 import keras_apm
 from keras_apm.cli import main
+from keras_apm.distill import distill
+from keras_apm.distill.recipes import RECIPES
+from keras_apm.distill.recipes import get_recipe
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +148,73 @@ def test_demo_writes_summary_and_student(tmp_path, data_dir):
     student = keras_apm.APM.from_preset(os.path.join(out, "student"))
     images = np.zeros((1, 32, 32, 3), "float32")
     assert student(images)["features"].shape == (1, 8, 8, 64)
+
+
+def test_digits_recipe_supplies_teacher_data_and_settings(tmp_path, data_dir):
+    out = str(tmp_path / "run")
+    code = main(
+        [
+            "distill", "--recipe", "digits", "--epochs", "1",
+            "--split", "train[:64]", "--validation-split", "none",
+            "--data-dir", data_dir, "--output", out,
+        ]
+    )
+    assert code == 0
+    with open(os.path.join(out, "metrics.json")) as f:
+        settings = json.load(f)["settings"]
+    digits = RECIPES["digits"]
+    assert settings["recipe"] == "digits"
+    assert settings["teacher"] == digits.teacher == "vit_tiny_digits"
+    assert settings["dataset"] == digits.dataset
+    assert settings["epochs"] == 1  # the flag overrides the recipe's 60
+    assert settings["learning_rate"] == digits.learning_rate
+    assert settings["schedule"] == digits.schedule == "cosine"
+    assert tuple(settings["trunk_widths"]) == digits.trunk_widths
+    assert settings["validation_split"] is None
+
+
+def test_recipes_refuse_unknown_names_and_settings(tmp_path, capsys):
+    with pytest.raises(ValueError, match="no_such_recipe"):
+        get_recipe("no_such_recipe")
+    with pytest.raises(ValueError, match="learning_rat"):
+        get_recipe("digits", learning_rat=1.0)
+    with pytest.raises(ValueError, match="teacher="):
+        distill(dataset="sklearn_digits", output=str(tmp_path / "x"))
+    # The default recipe names no teacher: the flag is required.
+    argv = ["distill", "--dataset", "sklearn_digits", "--output", str(tmp_path)]
+    assert main(argv) == 2
+    assert "--teacher is required" in capsys.readouterr().err
+    assert main(argv[:1] + ["--recipe", "nope"] + argv[1:]) == 2
+    assert "--recipe" in capsys.readouterr().err
+
+
+def test_cli_choices_and_defaults_come_from_the_modules():
+    from keras_apm.cli import build_parser
+    from keras_apm.convert.official import OFFICIAL_VARIANTS
+    from keras_apm.data.corruptions import CORRUPTIONS
+    from keras_apm.distill.recipes import SCHEDULES
+    from keras_apm.export.checks import FORMATS
+    from keras_apm.export.checks import QUANTIZATIONS
+    from keras_apm.ttt import recipes as ttt_recipes
+    from keras_apm.visualize.islands import METHODS
+
+    def options(*path):
+        parser = build_parser()
+        for name in path:
+            sub = next(
+                a for a in parser._actions if hasattr(a, "choices")
+                and isinstance(a.choices, dict)
+            )
+            parser = sub.choices[name]
+        return {a.dest: a for a in parser._actions}
+
+    assert tuple(options("export")["format"].choices) == FORMATS
+    assert tuple(options("export")["quantization"].choices) == QUANTIZATIONS
+    assert set(options("convert")["variant"].choices) == set(OFFICIAL_VARIANTS)
+    assert tuple(options("ttt")["corruption"].choices) == CORRUPTIONS
+    assert set(options("ttt")["recipe"].choices) == set(ttt_recipes.RECIPES)
+    assert set(options("distill")["recipe"].choices) == set(RECIPES)
+    assert tuple(options("distill")["schedule"].choices) == SCHEDULES
+    assert options("demo")["epochs"].default == RECIPES["digits"].epochs
+    for action in ("islands", "overfit", "interpolate", "upsample"):
+        assert tuple(options("visualize", action)["method"].choices) == METHODS

@@ -442,3 +442,19 @@ def test_bad_batches(teacher, digits):
         online.test_on_batch(np.zeros((2, 40, 40, 3), "float32"))
     with pytest.raises(ValueError, match="RGB images"):
         online.test_on_batch(np.zeros((2, 32, 32, 1), "float32"))
+
+
+def test_backend_code_has_one_dispatcher(monkeypatch):
+    from keras_apm import backend
+
+    module = backend.backend_module()
+    assert module.__name__ == f"keras_apm.backend.{keras.backend.backend()}"
+    for name in ("compile_step", "compile_function", "replica_mean_loss"):
+        assert callable(getattr(module, name))
+    # One device here: the loss a replica differentiates is the loss.
+    assert float(module.replica_mean_loss(keras.ops.ones(()))) == 1.0
+    # The distiller uses Keras' own steps through `compute_loss`.
+    assert APMDistiller.train_step is keras.Model.train_step
+    monkeypatch.setattr(keras.backend, "backend", lambda: "numpy")
+    with pytest.raises(ValueError, match="jax, tensorflow, torch.*'numpy'"):
+        backend.backend_module()

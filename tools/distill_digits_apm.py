@@ -2,7 +2,7 @@
 
 Runs the demo's recipe (`keras_apm.distill.digits`: the `vit_tiny_digits`
 teacher, the sklearn_digits train split, teacher targets cached once,
-`DEMO_EPOCHS` epochs of `fit`) and writes the student as a preset, with a
+the recipe's epochs of `fit`) and writes the student as a preset, with a
 `training.json` holding the test-split figures (grid and global cosine to
 the teacher), the seed, the epochs, the wall time and the backend. The
 folder is written under a temporary name and renamed when complete; below
@@ -40,7 +40,7 @@ def parse_args(argv=None):
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", default=DEFAULT_OUTPUT)
-    parser.add_argument("--epochs", type=int, default=digits.DEMO_EPOCHS)
+    parser.add_argument("--epochs", type=int, default=digits.RECIPE.epochs)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", help="TFDS data directory")
     parser.add_argument("--min-grid-cosine", type=float, default=0.9)

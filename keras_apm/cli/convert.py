@@ -1,5 +1,7 @@
 """`keras-apm convert`: official PyTorch checkpoint -> keras_apm preset."""
 
+from keras_apm.convert.official import OFFICIAL_VARIANTS
+
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
@@ -11,7 +13,7 @@ def add_parser(subparsers):
         ),
     )
     parser.add_argument("--checkpoint", required=True, help="official .pth file")
-    parser.add_argument("--variant", required=True, choices=("coco", "ttt"))
+    parser.add_argument("--variant", required=True, choices=sorted(OFFICIAL_VARIANTS))
     parser.add_argument("--output", required=True, help="preset directory")
     parser.add_argument("--overwrite", action="store_true")
     parser.set_defaults(func=run)

@@ -2,6 +2,10 @@
 
 import argparse
 
+from keras_apm.cli import _arguments
+from keras_apm.distill.recipes import RECIPES
+from keras_apm.distill.recipes import SCHEDULES
+
 
 def _levels(text):
     """`--levels 3` (evenly spaced layers) or `--levels 3,7,11` (indices)."""
@@ -29,6 +33,22 @@ def _widths(text):
     return values
 
 
+def _recipe_help(name, text=None):
+    """Help that shows each recipe's value of a setting (its default)."""
+    values = ", ".join(
+        f"{recipe}: {getattr(settings, name)}"
+        for recipe, settings in sorted(RECIPES.items())
+    )
+    return f"{text + ' ' if text else ''}(default from --recipe; {values})"
+
+
+# Flags that override a recipe setting of the same name.
+_SETTINGS = (
+    "teacher", "dataset", "split", "levels", "epochs", "batch_size",
+    "learning_rate", "schedule", "trunk_widths", "seed",
+)
+
+
 def add_parser(subparsers):
     parser = subparsers.add_parser(
         "distill",
@@ -39,39 +59,51 @@ def add_parser(subparsers):
             "losses and cosines)."
         ),
     )
-    parser.add_argument("--teacher", required=True, help="teacher preset")
     parser.add_argument(
-        "--dataset", required=True, help="TFDS name or folder of images"
+        "--recipe", choices=sorted(RECIPES), default="default",
+        help="named settings (keras_apm.distill.recipes); the flags below "
+        "override them",
     )
-    parser.add_argument("--split", default="train")
+    _arguments.add_teacher_and_data(
+        parser, required=False,
+        split_help=_recipe_help("split", "training split"),
+    )
     parser.add_argument(
         "--validation-split",
-        default="auto",
-        help="validation split ('auto': test if present; 'none': no validation)",
+        help=_recipe_help(
+            "validation_split",
+            "validation split ('auto': test if present; 'none': no validation)",
+        ),
     )
     parser.add_argument(
-        "--student", help="APM preset or JSON config (default: sized from teacher)"
+        "--levels", type=_levels,
+        help=_recipe_help(
+            "levels",
+            "GLOM levels: a count or comma-separated teacher layer indices",
+        ),
+    )
+    parser.add_argument("--epochs", type=int, help=_recipe_help("epochs"))
+    parser.add_argument("--batch-size", type=int, help=_recipe_help("batch_size"))
+    parser.add_argument(
+        "--learning-rate", type=float, help=_recipe_help("learning_rate")
     )
     parser.add_argument(
-        "--levels", type=_levels, default=1,
-        help="GLOM levels: a count or comma-separated teacher layer indices",
-    )
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument(
-        "--schedule", choices=("constant", "cosine"), default="constant",
-        help="learning rate: constant, or cosine decay to 0 over all epochs",
+        "--schedule", choices=SCHEDULES,
+        help=_recipe_help(
+            "schedule",
+            "learning rate: constant, or cosine decay to 0 over all epochs",
+        ),
     )
     parser.add_argument(
         "--trunk-widths", type=_widths,
-        help="trunk widths of the default student, e.g. 512,256,128",
+        help=_recipe_help(
+            "trunk_widths", "trunk widths of the default student, e.g. 512,256,128"
+        ),
     )
     parser.add_argument(
         "--cache", help="directory to cache teacher targets in (teacher runs once)"
     )
-    parser.add_argument("--data-dir", help="TFDS data directory")
-    parser.add_argument("--seed", type=int, default=0)
+    _arguments.add_seed(parser, default=None, help=_recipe_help("seed"))
     parser.add_argument(
         "--resume", action="store_true", help="continue from the newest checkpoint"
     )
@@ -83,29 +115,31 @@ def run(args):
     import keras_apm.data  # noqa: F401  (registers sklearn_digits)
     from keras_apm.distill.recipe import distill
 
+    recipe = RECIPES[args.recipe]
+    overrides = {
+        name: getattr(args, name)
+        for name in _SETTINGS
+        if getattr(args, name) is not None
+    }
     validation = args.validation_split
+    if validation is not None:
+        overrides["validation_split"] = (
+            None if validation.lower() == "none" else validation
+        )
+    for flag in ("teacher", "dataset"):
+        if overrides.get(flag, getattr(recipe, flag)) is None:
+            raise ValueError(
+                f"--{flag} is required: --recipe {args.recipe} names no {flag}."
+            )
     metrics = distill(
-        args.teacher,
-        args.dataset,
-        args.output,
-        split=args.split,
-        validation_split=None if validation.lower() == "none" else validation,
-        student=args.student,
-        levels=args.levels,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        schedule=args.schedule,
-        trunk_widths=args.trunk_widths,
-        cache=args.cache,
-        resume=args.resume,
-        seed=args.seed,
-        data_dir=args.data_dir,
+        output=args.output, recipe=args.recipe, student=args.student,
+        cache=args.cache, resume=args.resume, data_dir=args.data_dir,
+        **overrides,
     )
     figures = metrics["validation"] or metrics["train"]
     which = "validation" if metrics["validation"] else "train"
     print(
-        f"Distilled {args.teacher} into {args.output}/student: {which} "
-        + ", ".join(f"{k} {v:.4f}" for k, v in sorted(figures.items()))
+        f"Distilled {metrics['settings']['teacher']} into {args.output}/student: "
+        f"{which} " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(figures.items()))
     )
     return 0

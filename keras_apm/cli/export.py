@@ -2,6 +2,9 @@
 
 import os
 
+from keras_apm.export.checks import FORMATS
+from keras_apm.export.checks import QUANTIZATIONS
+
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
@@ -17,12 +20,12 @@ def add_parser(subparsers):
         "--preset", required=True, help="preset name, handle or directory"
     )
     parser.add_argument(
-        "--format", default="saved_model", choices=("saved_model", "tflite")
+        "--format", default=FORMATS[0], choices=FORMATS
     )
     parser.add_argument(
         "--quantization",
         default=None,
-        choices=("float16", "dynamic_int8", "int8"),
+        choices=QUANTIZATIONS,
         help="TFLite only; int8 needs --representative-data",
     )
     parser.add_argument(
@@ -137,12 +140,11 @@ def preset_inputs(preset, images):
     """
     import keras
     import numpy as np
-    from keras_hub.src.utils.preset_utils import check_file_exists
-
     from keras_apm.models.apm import APMImageConverter
     from keras_apm.models.apm.apm_preset_loading import _is_remote
     from keras_apm.models.apm.apm_preset_loading import check_local_preset
     from keras_apm.models.apm.apm_preset_loading import resolve_handle
+    from keras_apm.utils.keras_hub_compat import check_file_exists
 
     handle = resolve_handle(preset)
     if not _is_remote(handle):

@@ -1,5 +1,10 @@
 """`keras-apm ttt`: test-time training of APM students on a data set."""
 
+from keras_apm.cli import _arguments
+from keras_apm.data.corruptions import CORRUPTIONS
+from keras_apm.ttt.batched import LOSSES
+from keras_apm.ttt.recipes import RECIPES
+
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
@@ -12,42 +17,31 @@ def add_parser(subparsers):
             "settings and per-image predictions to a JSON file."
         ),
     )
-    parser.add_argument("--teacher", required=True, help="teacher preset")
-    parser.add_argument(
-        "--dataset", required=True, help="TFDS name or folder of images"
+    _arguments.add_teacher_and_data(
+        parser, split_help="TFDS split (default: test); none for folders"
     )
-    parser.add_argument(
-        "--split", default=None, help="TFDS split (default: test); none for folders"
-    )
-    parser.add_argument(
-        "--student",
-        default=None,
-        help="APM preset or JSON config (default: sized from the teacher)",
-    )
-    parser.add_argument("--corruption", default=None, help="corruption name")
+    parser.add_argument("--corruption", default=None, choices=CORRUPTIONS)
     parser.add_argument("--severity", type=int, default=None, help="1..5 (default 5)")
     parser.add_argument("--steps", type=int, default=None, help="steps per image")
     parser.add_argument(
         "--batch-size", type=int, default=32, help="images adapted together"
     )
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
-    parser.add_argument("--recipe", default=None, help="'default' or 'official'")
+    parser.add_argument(
+        "--recipe", default=None, choices=sorted(RECIPES),
+        help="named settings (keras_apm.ttt.recipes; default: default)",
+    )
     parser.add_argument("--optimizer", default=None, help="e.g. adam, sgd")
     parser.add_argument("--learning-rate", type=float, default=None)
-    parser.add_argument("--loss", default=None, choices=("mse", "cosine"))
-    parser.add_argument("--seed", type=int, default=0, help="init and corruption seed")
+    parser.add_argument("--loss", default=None, choices=LOSSES)
+    _arguments.add_seed(parser, help="init and corruption seed")
     parser.add_argument(
-        "--class-embeddings",
-        default=None,
-        help=".npy file of (num_classes, dim) class embeddings",
+        "--class-embeddings", help=".npy file of (num_classes, dim) class embeddings"
     )
     parser.add_argument(
-        "--templates",
-        nargs="+",
-        default=None,
+        "--templates", nargs="+",
         help="CLIP prompt templates, each with one {} (default 'a photo of a {}')",
     )
-    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
     parser.add_argument("--output", required=True, help="result JSON file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

@@ -12,20 +12,12 @@ import time
 import keras
 import numpy as np
 
+from keras_apm.distill.recipes import RECIPES
 from keras_apm.utils.files import write_json
 
-TEACHER = "vit_tiny_digits"
-DATASET = "sklearn_digits"
-# The recipe of `apm_tiny_digits` (tools/distill_digits_apm.py). A sweep
-# on the test split (docs/distillation.md) chose it: the default trunk
-# (256, 128, 64) with a constant 1e-3 reached grid cosine 0.898; this wider
-# trunk with cosine decay 0.919. With the sigmoid RGB head the shipped
-# preset reaches grid cosine 0.921 and global 0.970.
-DEMO_EPOCHS = 60
-TRUNK_WIDTHS = (512, 256, 128)
-LEARNING_RATE = 2e-3
-SCHEDULE = "cosine"
-BATCH_SIZE = 64
+# The settings (teacher, data set, epochs, trunk, learning rate) are the
+# "digits" entry of `keras_apm.distill.recipes.RECIPES`.
+RECIPE = RECIPES["digits"]
 
 
 def teacher_accuracy(teacher, split="test", data_dir=None, batch_size=120):
@@ -39,7 +31,8 @@ def teacher_accuracy(teacher, split="test", data_dir=None, batch_size=120):
 
     kwargs = {} if data_dir is None else {"data_dir": data_dir}
     ds = image_dataset(
-        DATASET, split=split, batch_size=batch_size, with_labels=True, **kwargs
+        RECIPE.dataset, split=split, batch_size=batch_size, with_labels=True,
+        **kwargs,
     )
     correct = total = 0
     for images, labels in ds.as_numpy_iterator():
@@ -49,7 +42,7 @@ def teacher_accuracy(teacher, split="test", data_dir=None, batch_size=120):
     return correct / total
 
 
-def distill_digits(output, epochs=DEMO_EPOCHS, seed=0, data_dir=None,
+def distill_digits(output, epochs=None, seed=0, data_dir=None,
                    verbose="auto"):
     """Distills `vit_tiny_digits` into a fresh APM; writes `summary.json`.
 
@@ -68,19 +61,18 @@ def distill_digits(output, epochs=DEMO_EPOCHS, seed=0, data_dir=None,
     from keras_apm.distill.recipe import load_teacher
 
     start = time.perf_counter()
-    teacher = load_teacher(TEACHER)
+    overrides = {"seed": seed}
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    recipe = RECIPE.replace(**overrides)
+    teacher = load_teacher(recipe.teacher)
     accuracy = teacher_accuracy(teacher, data_dir=data_dir)
     metrics = distill(
         teacher,
-        DATASET,
-        output,
-        epochs=epochs,
-        batch_size=BATCH_SIZE,
-        learning_rate=LEARNING_RATE,
-        schedule=SCHEDULE,
-        trunk_widths=TRUNK_WIDTHS,
+        output=output,
+        recipe="digits",
+        **overrides,
         cache=os.path.join(output, "cache"),
-        seed=seed,
         data_dir=data_dir,
         verbose=verbose,
     )
@@ -90,9 +82,9 @@ def distill_digits(output, epochs=DEMO_EPOCHS, seed=0, data_dir=None,
         "global_cosine": test["global_cosine"],
         "teacher_accuracy": accuracy,
         "seconds": time.perf_counter() - start,
-        "teacher": TEACHER,
-        "dataset": f"{DATASET} (train: fit, test: figures)",
-        "epochs": epochs,
+        "teacher": recipe.teacher,
+        "dataset": f"{recipe.dataset} (train: fit, test: figures)",
+        "epochs": recipe.epochs,
         "student": os.path.join(output, "student"),
         "backend": keras.backend.backend(),
     }

@@ -1,33 +1,20 @@
 """`APMDistiller`: `model.fit` distillation of an APM student from a teacher."""
 
-import importlib
-
 import keras
 from keras import ops
 
+from keras_apm.backend import backend_module
 from keras_apm.distill import losses
 from keras_apm.models.apm.apm_student import check_student_teacher
 from keras_apm.models.apm.apm_student import load_teacher
+from keras_apm.models.apm.apm_outputs import FEATURES
+from keras_apm.models.apm.apm_outputs import GLOBAL
+from keras_apm.models.apm.apm_outputs import LEVELS
+from keras_apm.models.apm.apm_outputs import RGB
 from keras_apm.utils.validation import check_pixel_dtype
 from keras_apm.utils.validation import static_shape
 
 GLOBAL_LOSSES = ("cosine", "mse")
-# The one backend-specific part of distillation: the training step.
-_STEP_MODULES = {
-    "jax": "keras_apm.distill.jax_step",
-    "tensorflow": "keras_apm.distill.tensorflow_step",
-    "torch": "keras_apm.distill.torch_step",
-}
-
-
-def _step_module():
-    backend = keras.backend.backend()
-    if backend not in _STEP_MODULES:
-        raise ValueError(
-            "APMDistiller trains on the tensorflow, jax and torch backends. "
-            f"Received KERAS_BACKEND={backend!r}."
-        )
-    return importlib.import_module(_STEP_MODULES[backend])
 
 
 def _check_weight(value, name):
@@ -183,13 +170,13 @@ class APMDistiller(keras.Model):
         self.teacher = teacher
 
         names = ["loss", "grid_loss"]
-        if self.loss_weights["rgb"] is not None:
+        if self.loss_weights[RGB] is not None:
             names.append("rgb_loss")
-        if self.loss_weights["global"] is not None:
+        if self.loss_weights[GLOBAL] is not None:
             names.append("global_loss")
         names += [f"level_{i}_loss" for i in range(self.num_level_terms)]
         names.append("grid_cosine")
-        if self.loss_weights["global"] is not None:
+        if self.loss_weights[GLOBAL] is not None:
             names.append("global_cosine")
         self._trackers = [keras.metrics.Mean(name=n) for n in names]
         # Student and teacher are built: so is the distiller (fit would
@@ -203,9 +190,9 @@ class APMDistiller(keras.Model):
     def _resolve_weights(student, grid, rgb, global_, levels):
         weights = {
             "grid": _check_weight(grid, "grid_weight"),
-            "rgb": _head_weight(rgb, "rgb_weight", student.rgb_head, "rgb"),
-            "global": _head_weight(
-                global_, "global_weight", student.global_head, "global"
+            RGB: _head_weight(rgb, "rgb_weight", student.rgb_head, RGB),
+            GLOBAL: _head_weight(
+                global_, "global_weight", student.global_head, GLOBAL
             ),
         }
         num_levels = student.num_levels
@@ -223,17 +210,17 @@ class APMDistiller(keras.Model):
                 _check_weight(w, f"level_weights[{i}]")
                 for i, w in enumerate(levels)
             )
-        weights["levels"] = levels
+        weights[LEVELS] = levels
         return weights
 
     @property
     def num_level_terms(self):
         """How many level losses the distiller computes (0 without levels)."""
-        return len(self.loss_weights["levels"])
+        return len(self.loss_weights[LEVELS])
 
     @property
     def needs_global(self):
-        return self.loss_weights["global"] is not None
+        return self.loss_weights[GLOBAL] is not None
 
     def check_teacher(self, teacher):
         """Checks that a teacher's targets fit the student; raises ValueError.
@@ -254,9 +241,9 @@ class APMDistiller(keras.Model):
     def _required_keys(self):
         keys = ["images", "grid"]
         if self.needs_global:
-            keys.append("global")
+            keys.append(GLOBAL)
         if self.num_level_terms:
-            keys.append("levels")
+            keys.append(LEVELS)
         return keys
 
     def _check_images(self, images):
@@ -292,12 +279,12 @@ class APMDistiller(keras.Model):
         h, w = self.student.grid_shape
         d = self.student.feature_dim
         batch_size = static_shape(batch["images"])[0]
-        expected = {"grid": (h, w, d), "global": (d,)}
+        expected = {"grid": (h, w, d), GLOBAL: (d,)}
         if self.num_level_terms:
-            expected["levels"] = (self.num_level_terms, h, w, d)
+            expected[LEVELS] = (self.num_level_terms, h, w, d)
         targets = {}
         for key, tail in expected.items():
-            if key == "global" and not self.needs_global:
+            if key == GLOBAL and not self.needs_global:
                 continue
             shape = static_shape(batch[key])
             if (
@@ -326,9 +313,9 @@ class APMDistiller(keras.Model):
         # The teacher is frozen: its outputs are constants for the student.
         targets = {"grid": out["grid"]}
         if self.needs_global:
-            targets["global"] = out["global"]
+            targets[GLOBAL] = out[GLOBAL]
         if self.num_level_terms:
-            targets["levels"] = out["levels"]
+            targets[LEVELS] = out[LEVELS]
         return {
             k: ops.stop_gradient(ops.cast(v, "float32"))
             for k, v in targets.items()
@@ -369,8 +356,8 @@ class APMDistiller(keras.Model):
             self._check_images(images)
             targets = self._teacher_targets(ops.cast(images, "float32"))
         images = ops.cast(images, "float32")
-        if self.loss_weights["rgb"] is not None:
-            targets["rgb"] = losses.patch_rgb_target(
+        if self.loss_weights[RGB] is not None:
+            targets[RGB] = losses.patch_rgb_target(
                 images,
                 self.student.patch_size,
                 scaling=self.rgb_scaling,
@@ -394,7 +381,8 @@ class APMDistiller(keras.Model):
         )
 
     # ------------------------------------------------------------------
-    # Training: the steps live in the backend-named modules.
+    # Training: Keras' own `train_step`/`test_step` on every backend, with
+    # the distiller's loss and metrics through the `compute_loss` hook.
 
     def compile(self, optimizer="rmsprop", **kwargs):
         """`keras.Model.compile`; only `optimizer` (and e.g. `jit_compile`,
@@ -415,25 +403,22 @@ class APMDistiller(keras.Model):
     def metrics(self):
         return list(self._trackers)
 
-    def metric_values(self, total, terms):
-        """The value each tracker averages, by tracker name."""
-        values = dict(terms)
-        values["loss"] = total
-        return values
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        """The distillation loss of `call`'s result; updates the trackers.
 
-    def update_trackers(self, total, terms, batch_size):
-        """Stateful tracker update (TensorFlow, PyTorch steps); returns logs."""
-        values = self.metric_values(total, terms)
+        Keras' `train_step` and `test_step` call this on every backend (on
+        JAX inside its stateless step, with the trackers' variables mapped
+        to the step's state). Labels `y` and `sample_weight` are ignored.
+        """
+        del x, y, sample_weight, training
+        total, terms = self.compute_losses(y_pred)
+        values = dict(terms, loss=total)
+        batch_size = ops.shape(y_pred["outputs"][FEATURES])[0]
         for tracker in self._trackers:
             tracker.update_state(values[tracker.name], sample_weight=batch_size)
-        return {t.name: t.result() for t in self._trackers}
-
-    def train_step(self, *args):
-        # JAX passes (state, data); TensorFlow and PyTorch pass (data).
-        return _step_module().train_step(self, *args)
-
-    def test_step(self, *args):
-        return _step_module().test_step(self, *args)
+        return backend_module().replica_mean_loss(total)
 
     # ------------------------------------------------------------------
     # Saving.

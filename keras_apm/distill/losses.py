@@ -7,6 +7,11 @@ are not done in bfloat16).
 
 from keras import ops
 
+from keras_apm.models.apm.apm_outputs import FEATURES
+from keras_apm.models.apm.apm_outputs import GLOBAL
+from keras_apm.models.apm.apm_outputs import LEVELS
+from keras_apm.models.apm.apm_outputs import RGB
+
 RGB_SCALINGS = ("minmax", "unit")
 
 
@@ -110,26 +115,26 @@ def distillation_terms(outputs, targets, weights, global_loss="cosine"):
         `global_loss`, `global_cosine`, `level_{i}_loss`.
     """
     terms = {}
-    features, grid = outputs["features"], targets["grid"]
+    features, grid = outputs[FEATURES], targets["grid"]
     terms["grid_loss"] = mean_squared_error(features, grid)
     terms["grid_cosine"] = mean_cosine(features, grid)
     total = weights["grid"] * terms["grid_loss"]
-    if weights.get("rgb") is not None:
-        terms["rgb_loss"] = mean_squared_error(outputs["rgb"], targets["rgb"])
-        total = total + weights["rgb"] * terms["rgb_loss"]
-    if weights.get("global") is not None:
-        cosine = mean_cosine(outputs["global"], targets["global"])
+    if weights.get(RGB) is not None:
+        terms["rgb_loss"] = mean_squared_error(outputs[RGB], targets[RGB])
+        total = total + weights[RGB] * terms["rgb_loss"]
+    if weights.get(GLOBAL) is not None:
+        cosine = mean_cosine(outputs[GLOBAL], targets[GLOBAL])
         if global_loss == "cosine":
             terms["global_loss"] = 1.0 - cosine
         else:
             terms["global_loss"] = mean_squared_error(
-                outputs["global"], targets["global"]
+                outputs[GLOBAL], targets[GLOBAL]
             )
         terms["global_cosine"] = cosine
-        total = total + weights["global"] * terms["global_loss"]
-    for i, weight in enumerate(weights.get("levels", ())):
+        total = total + weights[GLOBAL] * terms["global_loss"]
+    for i, weight in enumerate(weights.get(LEVELS, ())):
         terms[f"level_{i}_loss"] = mean_squared_error(
-            outputs["levels"][:, i], targets["levels"][:, i]
+            outputs[LEVELS][:, i], targets[LEVELS][:, i]
         )
         total = total + weight * terms[f"level_{i}_loss"]
     return total, terms

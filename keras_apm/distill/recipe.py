@@ -81,25 +81,9 @@ def _final(history, prefix=""):
     }
 
 
-def distill(
-    teacher,
-    dataset,
-    output,
-    split="train",
-    validation_split="auto",
-    student=None,
-    levels=1,
-    epochs=10,
-    batch_size=64,
-    learning_rate=1e-3,
-    schedule="constant",
-    trunk_widths=None,
-    cache=None,
-    resume=False,
-    seed=0,
-    data_dir=None,
-    verbose="auto",
-):
+def distill(teacher=None, dataset=None, output=None, recipe="default",
+            student=None, cache=None, resume=False, data_dir=None,
+            verbose="auto", **overrides):
     """Distills a teacher preset into an APM on a dataset; saves everything.
 
     Writes, under `output`: `checkpoints/` (one per epoch, the newest
@@ -110,26 +94,24 @@ def distill(
 
     Args:
         teacher: a teacher preset (name, handle or directory), or a
-            `keras_apm.teachers.Teacher` built with the right levels.
+            `keras_apm.teachers.Teacher` built with the right levels;
+            default: the recipe's.
         dataset: a TFDS name or a folder of images (see
-            `keras_apm.data.image_dataset`).
+            `keras_apm.data.image_dataset`); default: the recipe's.
         output: output directory.
-        split: training split.
-        validation_split: a split, None, or `"auto"`: `"test"` when the
-            dataset has one.
+        recipe: a name in `keras_apm.distill.recipes.RECIPES` (`"default"`,
+            `"digits"`) or a `DistillRecipe`: the training settings.
         student: None (a fresh APM sized from the teacher), an APM preset,
             or a `.json` file holding an APM config.
-        levels: GLOM levels: an int, or the teacher layer of each level.
-        epochs, batch_size, learning_rate, seed: training settings (Adam).
-        schedule: `"constant"` learning rate, or `"cosine"` decay from
-            `learning_rate` to 0 over all epochs.
-        trunk_widths: the default student's trunk widths (None: the
-            `default_student_config` widths).
         cache: a directory for the teacher-feature cache, or None to run
             the teacher inside every training step.
         resume: continue from the newest checkpoint in `output`.
         data_dir: TFDS data directory.
         verbose: `fit`'s verbosity (the progress bar by default).
+        **overrides: settings of the recipe to change (`split`,
+            `validation_split`, `levels`, `epochs`, `batch_size`,
+            `learning_rate`, `schedule`, `trunk_widths`, `seed`; see
+            `DistillRecipe`).
 
     Returns:
         The `metrics.json` dict.
@@ -139,18 +121,37 @@ def distill(
     metrics = keras_apm.distill.distill(
         "vit_tiny_digits", "sklearn_digits", "runs/digits", epochs=20,
         cache="runs/digits/cache")
+    # or the shipped digits recipe (teacher, data and settings), shortened:
+    keras_apm.distill.distill(output="runs/d", recipe="digits", epochs=5)
     student = keras_apm.APM.from_preset("runs/digits/student")
     ```
     """
     from keras_apm.distill.checkpoint import DistillCheckpoint
     from keras_apm.distill.distiller import APMDistiller
+    from keras_apm.distill.recipes import SCHEDULES
+    from keras_apm.distill.recipes import get_recipe
     from keras_apm.teachers import Teacher
 
+    settings = get_recipe(recipe, **overrides)
+    teacher = settings.teacher if teacher is None else teacher
+    dataset = settings.dataset if dataset is None else dataset
+    for name, value in (("teacher", teacher), ("dataset", dataset)):
+        if value is None:
+            raise ValueError(
+                f"`distill` needs `{name}=` or a recipe that names one; "
+                f"recipe {recipe!r} does not."
+            )
+    if output is None:
+        raise ValueError("`distill` needs `output=`, the run directory.")
+    split, validation_split = settings.split, settings.validation_split
+    levels, epochs, seed = settings.levels, settings.epochs, settings.seed
+    batch_size, learning_rate = settings.batch_size, settings.learning_rate
+    schedule, trunk_widths = settings.schedule, settings.trunk_widths
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"`epochs` must be an int >= 1. Received {epochs!r}.")
-    if schedule not in ("constant", "cosine"):
+    if schedule not in SCHEDULES:
         raise ValueError(
-            f'`schedule` must be "constant" or "cosine". Received {schedule!r}.'
+            f"`schedule` must be one of {SCHEDULES}. Received {schedule!r}."
         )
     student_arg = student
     keras.utils.set_random_seed(seed)
@@ -212,6 +213,7 @@ def distill(
             else None
         ),
         "settings": {
+            "recipe": recipe if isinstance(recipe, str) else None,
             "teacher": teacher_name,
             "dataset": str(dataset),
             "split": split,

@@ -5,6 +5,7 @@ import os
 import numpy as np
 
 from keras_apm.export.checks import SIGNATURES
+from keras_apm.models.apm.apm_outputs import FEATURES
 from keras_apm.utils.validation import check_float_dtype
 from keras_apm.utils.validation import check_image_batch
 from keras_apm.utils.validation import check_locations
@@ -59,7 +60,7 @@ class ExportedAPM:
         # The interpreter or the SavedModel object owns the functions.
         self._owner, self._functions, shapes = loaded
         self.image_shape = tuple(shapes["images"][1:])
-        self.grid_shape = tuple(shapes["features"][1:3])
+        self.grid_shape = tuple(shapes[FEATURES][1:3])
         self.trigger_dim = int(shapes["trigger"][1])
 
     def _images(self, images):

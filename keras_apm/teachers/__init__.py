@@ -11,12 +11,12 @@ import importlib
 import pkgutil
 
 import keras_hub
-from keras_hub.src.utils.preset_utils import register_presets
 
 from keras_apm.teachers.teacher import Teacher
 from keras_apm.teachers.teacher_presets import vit_presets
 from keras_apm.teachers.teacher_registry import register_teacher
 from keras_apm.teachers.teacher_registry import registered_teachers
+from keras_apm.utils.keras_hub_compat import register_presets
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name.endswith("_teacher"):

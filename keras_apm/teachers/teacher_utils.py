@@ -155,10 +155,10 @@ def as_pair(value):
 
 def _preset_utils():
     # keras-hub's public API has no "does this preset hold file X" call; the
-    # loader module is the same one `from_preset` uses internally.
-    from keras_hub.src.utils import preset_utils
+    # loader functions `from_preset` uses internally come through one module.
+    from keras_apm.utils import keras_hub_compat
 
-    return preset_utils
+    return keras_hub_compat
 
 
 def preset_has_file(preset, filename):

@@ -13,36 +13,19 @@ separate runs would; `tests/test_ttt.py` checks it against Keras'
 `train_on_batch` on the real `APM`, one image at a time.
 
 The forward pass uses `keras.ops` only; differentiating and compiling the
-step is the backend-specific part (`jax_step.py`, `tensorflow_step.py`,
-`torch_step.py`).
+step is the backend-specific part (`keras_apm.backend`).
 """
 
-import importlib
 
 import keras
 import numpy as np
 from keras import ops
 
 from keras_apm.distill.losses import cosine_similarity
+from keras_apm.backend import backend_module
 from keras_apm.ttt import recipes
 
 LOSSES = ("mse", "cosine")
-_STEP_MODULES = {
-    "jax": "keras_apm.ttt.jax_step",
-    "tensorflow": "keras_apm.ttt.tensorflow_step",
-    "torch": "keras_apm.ttt.torch_step",
-}
-
-
-def backend_step_module():
-    """The module that differentiates and compiles steps on this backend."""
-    backend = keras.backend.backend()
-    if backend not in _STEP_MODULES:
-        raise ValueError(
-            f"Batched test-time training runs on the {sorted(_STEP_MODULES)} "
-            f"backends. The current Keras backend is {backend!r}."
-        )
-    return importlib.import_module(_STEP_MODULES[backend])
 
 
 def check_student(model, with_rgb=False):
@@ -227,7 +210,7 @@ class BatchedTTT:
             per_image = _per_image_loss(model, params, batch, loss, *weights)
             return ops.sum(per_image), per_image
 
-        backend = backend_step_module()
+        backend = backend_module()
         self._step = backend.compile_step(
             loss_fn, self._optimizer, self._variables, self.jit_compile
         )

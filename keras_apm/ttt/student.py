@@ -62,9 +62,9 @@ def student_preprocessor(model, preset=None):
     from keras_apm.models.apm import APMImageConverter
 
     if preset is not None:
-        from keras_hub.src.utils import preset_utils
+        from keras_apm.utils.keras_hub_compat import check_file_exists
 
-        if preset_utils.check_file_exists(preset, "image_converter.json"):
+        if check_file_exists(preset, "image_converter.json"):
             return APMImageConverter.from_preset(preset)
     # The official TTT student input.
     return APMImageConverter(image_size=model.image_shape[:2], scaling="imagenet")

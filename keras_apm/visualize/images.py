@@ -89,10 +89,9 @@ def load_converter(preset):
                                    load_converter(preset))
     ```
     """
-    from keras_hub.src.utils.preset_utils import check_file_exists
-
     from keras_apm.models.apm.apm_image_converter import APMImageConverter
     from keras_apm.models.apm.apm_preset_loading import resolve_handle
+    from keras_apm.utils.keras_hub_compat import check_file_exists
 
     handle = resolve_handle(preset)
     if not check_file_exists(handle, "image_converter.json"):

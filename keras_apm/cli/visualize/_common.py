@@ -2,6 +2,8 @@
 
 import os
 
+from keras_apm.visualize.islands import METHODS
+
 
 def add_common_arguments(parser, preset_required=True, gif=False):
     parser.add_argument(
@@ -20,7 +22,7 @@ def add_common_arguments(parser, preset_required=True, gif=False):
     )
     parser.add_argument("--output", required=True, help="PNG file to write")
     parser.add_argument(
-        "--method", default="pca", choices=("pca", "tsne", "kmeans")
+        "--method", default=METHODS[0], choices=METHODS
     )
     parser.add_argument(
         "--clusters", type=int, default=8, help="k-means clusters"

@@ -6,6 +6,8 @@ colours mean the student reproduces the teacher there.
 """
 
 from keras_apm.cli.visualize import _common
+from keras_apm.models.apm.apm_outputs import FEATURES
+from keras_apm.models.apm.apm_outputs import RGB
 
 HELP = "input | RGB decode | islands (| teacher islands)"
 
@@ -24,10 +26,10 @@ def run(args):
 
     model, converter, inputs, views = _common.load_apm(args)
     out = model(inputs)
-    grids = list(images_lib.to_numpy(out["features"]))
+    grids = list(images_lib.to_numpy(out[FEATURES]))
     rgb = (
-        list(images_lib.to_display(out["rgb"], converter))
-        if "rgb" in out
+        list(images_lib.to_display(out[RGB], converter))
+        if RGB in out
         else None
     )
     kwargs = _common.coloring(args)

@@ -4,6 +4,8 @@ patch grid: RGB decode and islands, one block of rows per image.
 """
 
 from keras_apm.cli.visualize import _common
+from keras_apm.models.apm.apm_outputs import FEATURES
+from keras_apm.models.apm.apm_outputs import RGB
 
 HELP = "features r times denser than the patch grid vs bilinear"
 
@@ -28,7 +30,7 @@ def run(args):
             f"and {args.chunk_size}."
         )
     model, converter, inputs, views = _common.load_apm(args)
-    patch = {k: v for k, v in model(inputs).items() if k in ("features", "rgb")}
+    patch = {k: v for k, v in model(inputs).items() if k in (FEATURES, RGB)}
     dense = evaluate_dense(
         model, inputs, args.factor, chunk_size=args.chunk_size
     )

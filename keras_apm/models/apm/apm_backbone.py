@@ -9,6 +9,9 @@ from keras_apm.layers.perception_field import PerceptionField
 from keras_apm.layers.perception_mlp import PerceptionMLP
 from keras_apm.layers.trigger_column import TriggerColumn
 from keras_apm.models.apm import apm_preset_loading
+from keras_apm.models.apm.apm_outputs import FEATURES
+from keras_apm.models.apm.apm_outputs import GLOBAL
+from keras_apm.models.apm.apm_outputs import LEVELS
 from keras_apm.utils.validation import check_finite
 from keras_apm.utils.validation import check_float_dtype
 from keras_apm.utils.validation import check_image_batch
@@ -139,7 +142,7 @@ class APM(Backbone):
         answers = self.field(trigger)
         outputs = self._to_grid(answers, grid_shape)
         if self.global_pool is not None:
-            outputs["global"] = self.global_pool(outputs["features"])
+            outputs[GLOBAL] = self.global_pool(outputs[FEATURES])
         super().__init__(inputs=images, outputs=outputs, dtype=dtype, **kwargs)
 
         # === Config ===
@@ -167,7 +170,7 @@ class APM(Backbone):
         h, w = grid_shape
         grid = {}
         for key, value in answers.items():
-            if key == "levels":
+            if key == LEVELS:
                 # (B, n, L, D) -> (B, L, h, w, D)
                 levels, dim = value.shape[-2], value.shape[-1]
                 value = ops.reshape(value, (-1, h, w, levels, dim))

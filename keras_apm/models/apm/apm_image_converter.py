@@ -3,9 +3,9 @@
 import keras
 from keras import ops
 from keras_hub.layers import ImageConverter
-from keras_hub.src.utils.tensor_utils import in_tf_function
 
 from keras_apm.models.apm.apm_backbone import APM
+from keras_apm.utils.keras_hub_compat import in_tf_function
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -21,7 +21,7 @@ def _is_remote(handle):
 
 def resolve_handle(preset):
     """Maps a built-in preset name to its handle (else returns `preset`)."""
-    from keras_hub.src.utils.preset_utils import BUILTIN_PRESETS
+    from keras_apm.utils.keras_hub_compat import BUILTIN_PRESETS
 
     if isinstance(preset, str) and preset in BUILTIN_PRESETS:
         return BUILTIN_PRESETS[preset]["kaggle_handle"]

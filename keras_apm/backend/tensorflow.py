@@ -1,22 +1,13 @@
-"""TensorFlow: gradients and `tf.function` for the batched TTT step.
+"""TensorFlow: `tf.GradientTape` and `tf.function` (see `keras_apm.backend`).
 
-Imported only when the Keras backend is TensorFlow
-(`batched.backend_step_module`).
+Imported only when the Keras backend is TensorFlow.
 """
 
 import tensorflow as tf
 
 
 def compile_step(loss_fn, optimizer, variables, jit_compile=True):
-    """Builds `step(batch) -> per_image_losses`, updating `variables`.
-
-    Args:
-        loss_fn: `(values, batch) -> (total_loss, per_image_losses)`, written
-            with `keras.ops`; `values` are the tensors of `variables`.
-        optimizer: a Keras optimizer built on `variables`.
-        variables: list of `keras.Variable`, the stacked weights.
-        jit_compile: compile the `tf.function` with XLA.
-    """
+    """Batched-TTT step as a `tf.function` (XLA-compiled when `jit_compile`)."""
 
     @tf.function(jit_compile=jit_compile)
     def step(batch):
@@ -32,3 +23,11 @@ def compile_step(loss_fn, optimizer, variables, jit_compile=True):
 def compile_function(fn, jit_compile=True):
     """`fn` as a `tf.function` (XLA-compiled when `jit_compile`)."""
     return tf.function(fn, jit_compile=jit_compile)
+
+
+def replica_mean_loss(loss):
+    # Under a tf.distribute strategy each replica sees 1/N of the global
+    # batch and the replicas' gradients are summed: scale by 1/N so the
+    # update is the gradient of the global batch's mean loss.
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss / replicas if replicas > 1 else loss

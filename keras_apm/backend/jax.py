@@ -1,21 +1,13 @@
-"""JAX: gradients and `jax.jit` for the batched test-time-training step.
+"""JAX: `jax.value_and_grad` and `jax.jit` (see `keras_apm.backend`).
 
-Imported only when the Keras backend is JAX (`batched.backend_step_module`).
+Imported only when the Keras backend is JAX.
 """
 
 import jax
 
 
 def compile_step(loss_fn, optimizer, variables, jit_compile=True):
-    """Builds `step(batch) -> per_image_losses`, updating `variables`.
-
-    Args:
-        loss_fn: `(values, batch) -> (total_loss, per_image_losses)`, written
-            with `keras.ops`; `values` are the tensors of `variables`.
-        optimizer: a Keras optimizer built on `variables`.
-        variables: list of `keras.Variable`, the stacked weights.
-        jit_compile: wrap the pure step in `jax.jit`.
-    """
+    """Batched-TTT step: a pure function of the variables' values, jitted."""
 
     def pure_step(values, optimizer_values, batch):
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -46,3 +38,9 @@ def compile_step(loss_fn, optimizer, variables, jit_compile=True):
 def compile_function(fn, jit_compile=True):
     """`jax.jit(fn)` (or `fn` itself when `jit_compile=False`)."""
     return jax.jit(fn) if jit_compile else fn
+
+
+def replica_mean_loss(loss):
+    # `keras.distribution.DataParallel` shards one global batch inside one
+    # jitted program: the loss already is the global batch's mean.
+    return loss

@@ -1,0 +1,49 @@
+"""The backend-specific code of keras_apm, behind one dispatcher.
+
+Everything else is `keras.ops`. What cannot be (differentiating and
+compiling a step by hand) lives in one module per Keras backend, each with
+the same functions:
+
+- `compile_step(loss_fn, optimizer, variables, jit_compile=True)`: builds
+  `step(batch) -> per_image_losses` for batched test-time training
+  (`keras_apm.ttt.BatchedTTT`). `loss_fn` is `(values, batch) ->
+  (total_loss, per_image_losses)`, written with `keras.ops`, `values` the
+  tensors of `variables` (a list of `keras.Variable`, the stacked weights);
+  `optimizer` is a Keras optimizer built on `variables`; the step applies
+  the gradient of `total_loss` to `variables`.
+- `compile_function(fn, jit_compile=True)`: `fn` compiled for repeated calls
+  without gradients.
+- `replica_mean_loss(loss)`: the loss a replica differentiates so that the
+  replicas' summed gradients are the gradient of the global batch's mean
+  loss (`keras_apm.APMDistiller.compute_loss`).
+
+`backend_module()` returns the module of the current Keras backend.
+
+Example:
+```python
+from keras_apm.backend import backend_module
+step = backend_module().compile_step(loss_fn, optimizer, variables)
+```
+"""
+
+import importlib
+
+import keras
+
+BACKENDS = ("jax", "tensorflow", "torch")
+
+
+def backend_module():
+    """The keras_apm module for the current Keras backend.
+
+    Raises a `ValueError` naming the supported backends on any other (e.g.
+    `KERAS_BACKEND=numpy`, which cannot train).
+    """
+    backend = keras.backend.backend()
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"keras_apm trains on the {', '.join(BACKENDS)} Keras backends. "
+            f"The current backend is {backend!r}: set KERAS_BACKEND to one "
+            "of them."
+        )
+    return importlib.import_module(f"{__name__}.{backend}")

@@ -1,0 +1,40 @@
+"""PyTorch: `torch.autograd`, eager (see `keras_apm.backend`).
+
+Imported only when the Keras backend is PyTorch. Steps run eagerly: every
+operation of a batched TTT step is already one batched kernel over all
+images, so there is little to fuse.
+"""
+
+import torch
+
+
+def compile_step(loss_fn, optimizer, variables, jit_compile=True):
+    """Batched-TTT step; `jit_compile` is ignored (eager execution)."""
+    del jit_compile
+
+    def step(batch):
+        values = [v.value for v in variables]
+        with torch.enable_grad():
+            total, per_image = loss_fn(values, batch)
+            grads = torch.autograd.grad(total, values)
+        with torch.no_grad():
+            optimizer.apply(grads, variables)
+        return per_image.detach()
+
+    return step
+
+
+def compile_function(fn, jit_compile=True):
+    """`fn` run without building an autograd graph."""
+    del jit_compile
+
+    def run(*args):
+        with torch.no_grad():
+            return fn(*args)
+
+    return run
+
+
+def replica_mean_loss(loss):
+    # Keras runs PyTorch on one device per process: nothing to rescale.
+    return loss

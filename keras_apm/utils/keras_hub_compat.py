@@ -1,0 +1,69 @@
+"""The private keras-hub names keras_apm needs, imported in one place.
+
+keras-hub's public API (`keras_hub.models`, `keras_hub.layers`, ...) covers
+loading and saving models, but not a few things keras_apm does around them.
+Those come from `keras_hub.src`, which may change in any release; every such
+import lives here, so that a keras-hub upgrade that breaks one fails at
+`import keras_apm` with a message naming the name and the tested range
+(`TESTED_KERAS_HUB`, also the range in `pyproject.toml`), rather than deep
+inside a call. `tests/test_keras_hub_compat.py` checks that no other file
+imports `keras_hub.src`.
+
+Why each name is needed:
+
+- `register_presets`: registers the shipped presets (`apm_tiny_digits`,
+  `vit_tiny_digits`) so `from_preset("name")` finds them, as keras-hub does
+  for its own models (no public registration call).
+- `BUILTIN_PRESETS`: maps a registered preset name to its handle, so the
+  converter and the preset checks can read files of a preset given by name.
+- `check_file_exists`: whether a preset (directory or hub handle) holds a
+  file, e.g. `image_converter.json` (optional in an APM preset).
+- `load_json`: reads a preset's `task.json` to find its task class.
+- `check_config_class`: the class a saved config names (used to tell a
+  classifier preset from a bare backbone).
+- `get_preset_loader`, `KerasPresetLoader`: read an image converter from a
+  preset whose backbone class has no registered converter subclass (a bare
+  `CLIPVisionEncoder`), which `ImageConverter.from_preset` refuses.
+- `in_tf_function`: whether code runs inside `tf.data` / `tf.function`,
+  where the image converter must use TensorFlow ops on any Keras backend
+  (keras-hub's own preprocessing layers decide the same way).
+
+Example:
+```python
+from keras_apm.utils.keras_hub_compat import check_file_exists
+check_file_exists("apm_tiny_digits", "image_converter.json")
+```
+"""
+
+import importlib
+
+import keras_hub
+
+# The keras-hub versions the test suite has run with. Every name below is
+# also present in 0.25.1, 0.28.0, 0.30.0 and 0.31.1 (read from their wheels),
+# but the suite has not run on those.
+TESTED_KERAS_HUB = ">=0.32.0,<0.33"
+
+
+def _private(module, name):
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as error:
+        raise ImportError(
+            f"keras_apm needs `{module}.{name}` from keras-hub, a private "
+            f"name that the installed keras-hub {keras_hub.__version__} "
+            f"does not provide ({error}). keras_apm is tested with "
+            f"keras-hub{TESTED_KERAS_HUB}: install a version in that range "
+            "(pip install 'keras-hub" + TESTED_KERAS_HUB + "')."
+        ) from None
+
+
+_PRESET_UTILS = "keras_hub.src.utils.preset_utils"
+register_presets = _private(_PRESET_UTILS, "register_presets")
+BUILTIN_PRESETS = _private(_PRESET_UTILS, "BUILTIN_PRESETS")
+check_file_exists = _private(_PRESET_UTILS, "check_file_exists")
+load_json = _private(_PRESET_UTILS, "load_json")
+check_config_class = _private(_PRESET_UTILS, "check_config_class")
+get_preset_loader = _private(_PRESET_UTILS, "get_preset_loader")
+KerasPresetLoader = _private(_PRESET_UTILS, "KerasPresetLoader")
+in_tf_function = _private("keras_hub.src.utils.tensor_utils", "in_tf_function")
