@@ -8,15 +8,58 @@ outputs = model(images)  # {"features": (B, h, w, D), "rgb": ..., ...}
 ```
 """
 
-from keras_apm import layers
-from keras_apm import teachers
-from keras_apm import visualize
-from keras_apm.distill import APMDistiller
-from keras_apm.export import export
-from keras_apm.models.apm import APM
-from keras_apm.models.apm import APMImageConverter
-from keras_apm.models.apm import apm_outputs
-from keras_apm.ttt import BatchedTTT
-from keras_apm.ttt import TestTimeTrainer
+import importlib
+import os
+import sys
 
 __version__ = "0.1.0"
+
+# Public name -> module that defines it. `import keras_apm` loads them all
+# (so every Keras-serializable class is registered before a `.keras` file is
+# loaded), except in the `keras-apm` command, which loads only what the
+# chosen subcommand needs: importing Keras, TensorFlow, JAX and keras-hub
+# costs 7-9 s, far too much for `keras-apm --help`.
+_EXPORTS = {
+    # name: (module, attribute; None for the module itself)
+    "layers": ("keras_apm.layers", None),
+    "teachers": ("keras_apm.teachers", None),
+    "visualize": ("keras_apm.visualize", None),
+    "APMDistiller": ("keras_apm.distill", "APMDistiller"),
+    "export": ("keras_apm.export", "export"),
+    "APM": ("keras_apm.models.apm", "APM"),
+    "APMImageConverter": ("keras_apm.models.apm", "APMImageConverter"),
+    "apm_outputs": ("keras_apm.models.apm.apm_outputs", None),
+    "BatchedTTT": ("keras_apm.ttt", "BatchedTTT"),
+    "TestTimeTrainer": ("keras_apm.ttt", "TestTimeTrainer"),
+}
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'keras_apm' has no attribute {name!r}")
+    module, attribute = _EXPORTS[name]
+    module = importlib.import_module(module)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+def _is_cli_process():
+    """True when this process is the `keras-apm` command.
+
+    The console script and `python -m keras_apm` import this package before
+    any of the command's own code runs, so the command is recognised here by
+    its name (`-m` is what `sys.argv[0]` reads while `-m` imports a package).
+    """
+    argv0 = sys.argv[0] if sys.argv else ""
+    return os.path.basename(argv0) == "keras-apm" or argv0 == "-m"
+
+
+if not _is_cli_process():
+    for _name in _EXPORTS:
+        __getattr__(_name)
+    del _name
