@@ -168,6 +168,29 @@ def replace_path(staged, path):
     shutil.rmtree(backup, ignore_errors=True)
 
 
+def check_writable_dir(directory, what=None):
+    """Raises a ValueError unless a file can be created in `directory`.
+
+    Tries for real (a staged empty file, removed at once): permission bits
+    say nothing to root, and a read-only mount shows only on writing.
+
+    Example:
+    >>> check_writable_dir("runs", "--output's parent")
+    """
+    directory = os.path.abspath(os.fspath(directory))
+    what = what or repr(directory)
+    probe = staging_path(os.path.join(directory, "write-probe"), suffix="")
+    try:
+        with open(probe, "xb"):
+            pass
+    except OSError as e:
+        raise ValueError(
+            f"Cannot write to {what} ({directory}): {e.strerror or e}. Pick "
+            "a writable location."
+        ) from None
+    os.remove(probe)
+
+
 def remove_path(path):
     """Removes a file, link or folder if it exists."""
     if os.path.isdir(path) and not os.path.islink(path):
