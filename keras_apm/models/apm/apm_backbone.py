@@ -251,7 +251,7 @@ class APM(Backbone):
         Example:
         >>> out = model.predict(images, batch_size=32)
         """
-        if hasattr(x, "shape") or isinstance(x, (list, tuple)):
+        if hasattr(x, "shape") or isinstance(x, (list, tuple, str, bytes)):
             self._check_images(x)
             if x.shape[0] == 0:
                 return {

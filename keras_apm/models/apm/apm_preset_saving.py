@@ -10,7 +10,6 @@ Readers never see a missing or partial preset; of two concurrent saves the
 last one wins and nothing is left behind.
 """
 
-import gc
 import os
 import shutil
 
@@ -62,6 +61,31 @@ def _keep_other_files(preset_dir, staged):
     return reused
 
 
+def _close_h5_files_under(directory):
+    """Closes HDF5 files a failed writer left open under `directory`.
+
+    Keras keeps the weights file open in the frames of the exception; h5py
+    would flush it at interpreter exit onto the full disk and crash the
+    process (segfault). The file is emptied first so the close can flush.
+    """
+    try:
+        import h5py
+    except ImportError:
+        return
+    prefix = os.path.join(directory, "")
+    for fid in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+        try:
+            name = os.fsdecode(fid.name)
+            if not os.path.abspath(name).startswith(prefix):
+                continue
+            if os.path.exists(name):
+                os.truncate(name, 0)
+            fid._close_open_objects(h5py.h5f.OBJ_LOCAL | ~h5py.h5f.OBJ_FILE)
+            fid._close_open_objects(h5py.h5f.OBJ_LOCAL | h5py.h5f.OBJ_FILE)
+        except Exception:  # closing is best effort; the stage goes anyway.
+            pass
+
+
 def save_preset_staged(preset_dir, write):
     """Runs `write(staged_dir)` and swaps the result in as `preset_dir`.
 
@@ -85,6 +109,7 @@ def save_preset_staged(preset_dir, write):
         try:
             write(staged)
         except OSError as e:
+            _close_h5_files_under(staged)
             raise OSError(
                 e.errno,
                 f"Could not save the preset {preset_dir!r} "
@@ -100,9 +125,5 @@ def save_preset_staged(preset_dir, write):
         write_json(os.path.join(staged, MANIFEST_FILE), {"sha256": sums})
         replace_path(staged, preset_dir)
     finally:
-        # h5py keeps a failed file's handle in the traceback's frames and
-        # would flush it to a full disk at interpreter exit (a segfault):
-        # close it now, while the stage still exists.
-        gc.collect()
         remove_path(staged)
     return preset_dir
