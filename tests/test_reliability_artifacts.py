@@ -492,3 +492,94 @@ def test_out_of_memory_says_so_first(model, monkeypatch):
     monkeypatch.setattr(type(model.field), "__call__", oom)
     with pytest.raises(MemoryError, match="evaluate_locations: use a smaller `chunk_size"):
         model.evaluate_locations(np.zeros((1, 16, 16, 3), "float32"))
+
+
+# --- keras-apm convert: bad checkpoints and outputs --------------------------
+
+
+def _convert(tmp_path, checkpoint, output=None):
+    from keras_apm.cli import main as cli_main
+
+    output = output or str(tmp_path / "out")
+    return cli_main(
+        ["convert", "--checkpoint", str(checkpoint), "--variant", "ttt",
+         "--output", output]
+    )  # fmt: skip
+
+
+def _torch_checkpoint(path, state):
+    torch = pytest.importorskip("torch")
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["text", "random", "truncated", "empty"])
+def test_convert_names_an_unreadable_checkpoint(tmp_path, capsys, kind):
+    path = tmp_path / "model.pth"
+    if kind == "text":
+        path.write_text("<html>404 Not Found</html>\n")
+    elif kind == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif kind == "truncated":
+        state = {"fc1.weight": np.ones((64, 64), "float32")}
+        _torch_checkpoint(path, state)
+        path.write_bytes(path.read_bytes()[:3000])
+    else:
+        path.write_bytes(b"")
+    assert _convert(tmp_path, path) == 2
+    err = capsys.readouterr().err
+    assert f"Checkpoint {str(path)!r}" in err
+    expected = {"text": "is a text file", "random": "not a zip archive",
+                "truncated": "truncated or corrupt", "empty": "is empty"}[kind]  # fmt: skip
+    assert expected in err
+    assert "Traceback" not in err and "KeyError" not in err
+    assert sorted(os.listdir(tmp_path)) == ["model.pth"]
+
+
+@pytest.mark.parametrize("bad", ["nan", "int"])
+def test_convert_refuses_nan_and_integer_tensors(tmp_path, capsys, bad):
+    state = {"fc1.weight": np.ones((4, 4), "float32"), "fc1.bias": np.zeros(4, "float32")}
+    if bad == "nan":
+        state["fc1.bias"][2] = np.nan
+    else:
+        state["fc1.weight"] = np.ones((4, 4), "int64")
+    path = _torch_checkpoint(tmp_path / "model.pth", state)
+    assert _convert(tmp_path, path) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "fc1." in err
+    assert ("NaN or Inf" if bad == "nan" else "non-float tensors") in err
+
+
+def test_convert_checks_the_output_is_writable_before_loading(
+    tmp_path, capsys, monkeypatch
+):
+    from keras_apm.convert import official
+
+    parent = tmp_path / "readonly"
+    parent.mkdir()
+    if os.geteuid() == 0:  # root ignores permission bits: a read-only mount
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(parent)],
+            capture_output=True,
+        )
+        if result.returncode != 0:
+            pytest.skip("cannot make a read-only directory here")
+    else:
+        parent.chmod(0o555)
+
+    def never(path):
+        raise AssertionError("the checkpoint was read before the output check")
+
+    monkeypatch.setattr(official, "load_official_state_dict", never)
+    checkpoint = _torch_checkpoint(tmp_path / "model.pth", {"x": np.ones(2, "float32")})
+    try:
+        assert _convert(tmp_path, checkpoint, str(parent / "preset")) == 2
+        err = capsys.readouterr().err
+        assert "Cannot write to the parent directory" in err
+        assert str(parent) in err
+        assert "Read-only file system" in err or "ermission denied" in err
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", "-l", str(parent)], check=False)
+        else:
+            parent.chmod(0o755)
