@@ -22,9 +22,13 @@ def preset_dir(tmp_path_factory):
     return directory
 
 
-def copy_of(preset_dir, tmp_path):
+def copy_of(preset_dir, tmp_path, keep_checksums=False):
+    """A copy to break; without its checksums (as keras-hub saves presets)
+    unless asked, so the structural checks, not the checksums, are tested."""
     target = str(tmp_path / "copy")
     shutil.copytree(preset_dir, target)
+    if not keep_checksums:
+        os.remove(os.path.join(target, "checksums.json"))
     return target
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from keras_apm.models.apm.apm_backbone import APM
 from keras_apm.models.apm.apm_image_converter import APMImageConverter
 from keras_apm.utils.files import atomic_write
+from keras_apm.utils.files import check_writable_dir
 
 
 def _linear(prefix, out_dim, in_dim):
@@ -99,19 +100,71 @@ def _check_variant(variant):
     return OFFICIAL_VARIANTS[variant]
 
 
+def _sniff_checkpoint(path):
+    """Raises a ValueError naming `path` unless it looks like a checkpoint.
+
+    `torch.save` writes a zip archive (older versions a pickle); text or
+    random bytes would fail deep inside the unpickler ("KeyError: 101").
+    """
+    with open(path, "rb") as f:
+        head = f.read(512)
+    size = os.path.getsize(path)
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return
+    if not head:
+        what = "is empty"
+    elif all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        what = f"is a text file (starts with {head[:40].decode()!r})"
+    else:
+        what = f"is not a zip archive or a pickle (starts with {head[:8]!r})"
+    raise ValueError(
+        f"Checkpoint {path!r} ({size:,} bytes) {what}. Expected an official "
+        "APM checkpoint written by `torch.save` (.pth) or a .npz of the same "
+        "tensors."
+    )
+
+
+def _check_tensors(path, state):
+    """Raises a ValueError naming `path` and tensors that are not finite floats."""
+    integer = sorted(k for k, v in state.items() if v.dtype.kind not in "f")
+    if integer:
+        raise ValueError(
+            f"Checkpoint {path!r} holds non-float tensors {integer[:5]} "
+            f"(dtype {state[integer[0]].dtype}). Official APM weights are "
+            "floating point: this is not an official checkpoint, or it was "
+            "quantized."
+        )
+    nonfinite = sorted(k for k, v in state.items() if not np.isfinite(v).all())
+    if nonfinite:
+        raise ValueError(
+            f"Checkpoint {path!r} holds NaN or Inf values in {nonfinite[:5]}. "
+            "A model converted from it would answer NaN: use a checkpoint "
+            "saved before training diverged."
+        )
+
+
 def load_official_state_dict(path):
     """Reads an official checkpoint (`.pth`) into `{name: float32 array}`.
 
     Accepts a bare `state_dict`, one wrapped as `{"model": ...}` or
     `{"state_dict": ...}`, and `module.` prefixes left by `DataParallel`.
     Reading PyTorch pickles needs `torch` (CPU is enough); `.npz` files with
-    the same names need only NumPy.
+    the same names need only NumPy. Text, random or truncated files, and
+    tensors that are integers or hold NaN/Inf, raise a ValueError naming the
+    file.
     """
     if not os.path.isfile(path):
         raise ValueError(f"Checkpoint {path!r} does not exist.")
+    _sniff_checkpoint(path)
     if path.endswith(".npz"):
-        with np.load(path) as data:
-            state = {k: data[k] for k in data.files}
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                state = {k: data[k] for k in data.files}
+        except Exception as e:
+            raise ValueError(
+                f"Checkpoint {path!r} cannot be read as a .npz archive; it is "
+                f"truncated or corrupt ({type(e).__name__}: {e})."
+            ) from None
     else:
         try:
             import torch  # Only to unpickle PyTorch files.
@@ -124,8 +177,9 @@ def load_official_state_dict(path):
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise ValueError(
-                f"Checkpoint {path!r} cannot be read as a PyTorch state_dict "
-                f"({type(e).__name__}: {e})."
+                f"Checkpoint {path!r} cannot be read as a PyTorch state_dict: "
+                f"it is truncated or corrupt ({type(e).__name__}: {e}). "
+                "Download it again."
             ) from None
         for key in ("model", "state_dict"):
             if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -136,11 +190,13 @@ def load_official_state_dict(path):
                 "state_dict (a dict of tensors)."
             )
         state = {
-            k: v.detach().float().cpu().numpy()
+            k: v.detach().cpu().numpy()
             for k, v in state.items()
             if hasattr(v, "detach")
         }
-    return {k.removeprefix("module."): np.asarray(v) for k, v in state.items()}
+    state = {k.removeprefix("module."): np.asarray(v) for k, v in state.items()}
+    _check_tensors(path, state)
+    return {k: v.astype("float32", copy=False) for k, v in state.items()}
 
 
 def check_official_state_dict(state, variant):
@@ -268,6 +324,8 @@ def convert_official_checkpoint(checkpoint, variant, output, overwrite=False):
     parent = os.path.dirname(output)
     if not os.path.isdir(parent):
         raise ValueError(f"The parent directory of {output!r} does not exist.")
+    # Before the checkpoint is read (tens of seconds for the official ones).
+    check_writable_dir(parent, f"the parent directory of {output!r}")
     state = load_official_state_dict(checkpoint)
     check_official_state_dict(state, variant)
     model = set_official_weights(build_official_model(variant), state, variant)

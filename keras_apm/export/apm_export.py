@@ -1,7 +1,6 @@
 """`keras_apm.export`: an APM -> TensorFlow SavedModel or TFLite (LiteRT)."""
 
 import os
-import tempfile
 
 import keras
 import numpy as np
@@ -9,6 +8,8 @@ import numpy as np
 from keras_apm.export.checks import check_options
 from keras_apm.export.checks import check_representative_data
 from keras_apm.export.checks import check_target
+from keras_apm.utils.files import temporary_directory
+from keras_apm.utils.files import terminate_as_exit
 
 # `export_variants` names: "float32" etc. are TFLite files.
 VARIANTS = ("saved_model", "float32", "float16", "dynamic_int8", "int8")
@@ -160,7 +161,7 @@ def _run_jobs(model_or_preset, jobs, representative_data):
     if preset_dir is not None:
         run_in_subprocess(preset_dir, jobs, images)
         return
-    with tempfile.TemporaryDirectory(prefix="keras_apm_export_") as tmp:
+    with terminate_as_exit(), temporary_directory("keras_apm_export_") as tmp:
         preset_dir = os.path.join(tmp, "preset")
         model.save_to_preset(preset_dir)
         run_in_subprocess(preset_dir, jobs, images)

@@ -21,7 +21,6 @@ is the model's.
 
 import os
 import shutil
-import tempfile
 import warnings
 
 import keras
@@ -29,6 +28,8 @@ import numpy as np
 
 from keras_apm.export.checks import SIGNATURES
 from keras_apm.utils.files import atomic_write
+from keras_apm.utils.files import temporary_directory
+from keras_apm.utils.files import terminate_as_exit
 from keras_apm.layers.position_encoding import grid_locations
 
 
@@ -155,7 +156,7 @@ def export_jobs(model, jobs, representative_data=None):
         representative_data: float32 `(N, H, W, C)` inputs for int8 jobs.
     """
     _check_backend()
-    with tempfile.TemporaryDirectory(prefix="keras_apm_export_") as tmp:
+    with terminate_as_exit(), temporary_directory("keras_apm_export_") as tmp:
         saved_model = os.path.join(tmp, "saved_model")
         write_saved_model(model, saved_model)
         for job in jobs:

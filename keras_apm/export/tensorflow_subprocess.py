@@ -11,16 +11,36 @@ parent saves the model as a preset and starts
 which loads the preset and runs `tensorflow_export.export_jobs`. On failure
 the child writes `{"type", "message"}` to the error file, so the parent
 raises a `ValueError` with the same message (other errors as RuntimeError).
+
+The child dies with its parent: a parent killed by SIGKILL cannot clean
+up, so the child (Linux: `PR_SET_PDEATHSIG`; everywhere: a thread that
+watches its parent's pid) receives SIGTERM, which unwinds it (temporary
+folders removed, no export written after its caller is gone). SIGTERM or
+Ctrl-C on the parent kills the child and removes the parent's temporary
+folder; folders and stages left by SIGKILLed processes are removed by the
+next export.
 """
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
+import signal
 import subprocess
 import sys
-import tempfile
+import threading
+import time
+
+from keras_apm.utils.files import temporary_directory
+from keras_apm.utils.files import terminate_as_exit
 
 MODULE = "keras_apm.export.tensorflow_subprocess"
+TMP_PREFIX = "keras_apm_export_"
+# How often the child looks for its parent, and how long it may take to
+# unwind after its parent died before it exits hard.
+WATCH_INTERVAL_S = 0.5
+UNWIND_GRACE_S = 30.0
 
 
 def run_in_subprocess(preset_dir, jobs, representative_data=None):
@@ -34,7 +54,7 @@ def run_in_subprocess(preset_dir, jobs, representative_data=None):
     """
     import numpy as np
 
-    with tempfile.TemporaryDirectory(prefix="keras_apm_export_") as tmp:
+    with terminate_as_exit(), temporary_directory(TMP_PREFIX) as tmp:
         jobs_file = os.path.join(tmp, "jobs.json")
         error_file = os.path.join(tmp, "error.json")
         with open(jobs_file, "w", encoding="utf-8") as f:
@@ -42,6 +62,7 @@ def run_in_subprocess(preset_dir, jobs, representative_data=None):
         command = [
             sys.executable, "-m", MODULE, "--preset", preset_dir,
             "--jobs", jobs_file, "--error-file", error_file,
+            "--parent-pid", str(os.getpid()),
         ]  # fmt: skip
         if representative_data is not None:
             data_file = os.path.join(tmp, "representative.npy")
@@ -83,13 +104,44 @@ def run_in_subprocess(preset_dir, jobs, representative_data=None):
     )
 
 
+def _die_with_parent(parent_pid):
+    """Makes this process get SIGTERM (and unwind) when its parent dies."""
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+            libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError, TypeError):
+            pass  # the watcher thread below covers it.
+    if os.getppid() != parent_pid:  # the parent died before prctl.
+        raise SystemExit(128 + signal.SIGTERM)
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(WATCH_INTERVAL_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+        # The handler runs when the main thread returns to Python; a long
+        # native call (a TFLite conversion) may delay it, but not forever.
+        time.sleep(UNWIND_GRACE_S)
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog=MODULE)
     parser.add_argument("--preset", required=True)
     parser.add_argument("--jobs", required=True)
     parser.add_argument("--representative-data", default=None)
     parser.add_argument("--error-file", required=True)
+    parser.add_argument("--parent-pid", type=int, default=None)
     args = parser.parse_args(argv)
+    if args.parent_pid is not None:
+        _die_with_parent(args.parent_pid)
     try:
         import keras
         import numpy as np

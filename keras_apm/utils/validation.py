@@ -16,6 +16,76 @@ def static_shape(x):
     return tuple(None if d is None else int(d) for d in shape)
 
 
+def check_positive_int(value, name, allow_none=False):
+    """Returns `int(value)`, raising unless it is a positive integer.
+
+    Example:
+    >>> check_positive_int(14, "patch_size")  # 14
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, np.integer)
+    ):
+        if not (isinstance(value, (float, np.floating)) and float(value).is_integer()):
+            raise ValueError(
+                f"`{name}` must be a positive integer. Received: "
+                f"{name}={value!r} ({type(value).__name__})"
+            )
+    if value < 1:
+        raise ValueError(
+            f"`{name}` must be a positive integer. Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def check_positive_ints(values, name):
+    """Returns a tuple of ints, raising unless all are positive integers."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ValueError(
+            f"`{name}` must be a tuple of positive integers. Received: "
+            f"{name}={values!r}"
+        )
+    values = tuple(values)
+    for i, value in enumerate(values):
+        check_positive_int(value, f"{name}[{i}]")
+    return tuple(int(v) for v in values)
+
+
+def _dtype_name(x):
+    """Keras' name for the dtype of `x`, or the raw name if Keras has none."""
+    dtype = getattr(x, "dtype", None)
+    try:
+        return keras.backend.standardize_dtype(dtype)
+    except Exception:
+        return str(dtype)
+
+
+def check_array_like(x, what, expected):
+    """Raises unless `x` is an array or tensor of real numbers.
+
+    Lists are refused (Keras treats a list as several inputs), as are
+    strings, ragged and complex values, with what was expected and given.
+    """
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        if isinstance(x, (list, tuple)):
+            try:
+                kind = np.asarray(x).dtype.kind
+                given = f"a {type(x).__name__} (convert it with np.asarray)"
+                if kind not in "iuf":
+                    given = f"a {type(x).__name__} of {np.asarray(x).dtype} values"
+            except ValueError:
+                given = f"a ragged nested {type(x).__name__} (rows of unequal length)"
+        else:
+            given = f"a {type(x).__name__}"
+        raise ValueError(f"Expected {what} as an array or tensor {expected}. Received {given}.")
+    name = _dtype_name(x)
+    if not ("float" in name or "int" in name) or "complex" in name:
+        raise ValueError(
+            f"Expected {what} holding real numbers {expected}. Received dtype {name}."
+        )
+
+
 def check_image_batch(shape_or_images, patch_size=None, image_shape=None):
     """Checks rank, channels and size of an image batch `(B, H, W, C)`.
 
@@ -117,7 +187,34 @@ def check_locations(locations, grid_shape):
     """Checks `(L, 2)` `(y, x)` locations against an `(h, w)` grid.
 
     Fractional locations are allowed anywhere in `[0, h - 1] x [0, w - 1]`.
+    Lists of numbers are accepted; strings, ragged lists and complex values
+    are refused (a cast would silently drop imaginary parts).
     """
+    if isinstance(locations, (list, tuple)):
+        try:
+            array = np.asarray(locations)
+        except ValueError:
+            raise ValueError(
+                "Expected locations of shape (num_locations, 2) holding "
+                "(y, x). Received a ragged nested list (rows of unequal "
+                "length)."
+            ) from None
+        if array.size and array.dtype.kind not in "iuf":
+            raise ValueError(
+                "Expected numeric (y, x) locations. Received a list of "
+                f"{array.dtype} values."
+            )
+    elif hasattr(locations, "dtype"):
+        name = _dtype_name(locations)
+        if "complex" in name or not ("float" in name or "int" in name or name == "bool"):
+            raise ValueError(
+                f"Expected real (y, x) locations (int or float). Received dtype {name}."
+            )
+    else:
+        raise ValueError(
+            "Expected locations as an array, tensor or list of shape "
+            f"(num_locations, 2). Received a {type(locations).__name__}."
+        )
     shape = static_shape(locations)
     if len(shape) != 2 or shape[1] != 2:
         raise ValueError(

@@ -12,10 +12,25 @@ from keras_apm.models.apm import apm_preset_loading
 from keras_apm.models.apm.apm_outputs import FEATURES
 from keras_apm.models.apm.apm_outputs import GLOBAL
 from keras_apm.models.apm.apm_outputs import LEVELS
+from keras_apm.models.apm.apm_preset_saving import save_preset_staged
+from keras_apm.utils.validation import check_array_like
 from keras_apm.utils.validation import check_finite
 from keras_apm.utils.validation import check_float_dtype
 from keras_apm.utils.validation import check_image_batch
 from keras_apm.utils.validation import check_locations
+from keras_apm.utils.validation import check_positive_int
+from keras_apm.utils.validation import check_positive_ints
+from keras_apm.utils.validation import static_shape
+
+# Words with which the backends report an exhausted device memory.
+OOM_MARKERS = ("RESOURCE_EXHAUSTED", "out of memory", "OutOfMemory", "OOM ")
+
+
+def _is_out_of_memory(error):
+    if isinstance(error, MemoryError):
+        return True
+    text = f"{type(error).__name__}: {error}"[:20000]
+    return any(marker in text for marker in OOM_MARKERS)
 
 
 @keras.saving.register_keras_serializable(package="keras_apm")
@@ -84,13 +99,30 @@ class APM(Backbone):
         dtype=None,
         **kwargs,
     ):
-        image_shape = tuple(int(d) for d in image_shape)
+        image_shape = check_positive_ints(image_shape, "image_shape")
         if len(image_shape) != 3:
             raise ValueError(
                 "`image_shape` must be (height, width, channels). "
                 f"Received: image_shape={image_shape}"
             )
-        check_image_batch((None,) + image_shape, patch_size=int(patch_size))
+        patch_size = check_positive_int(patch_size, "patch_size")
+        check_positive_ints(trunk_widths, "trunk_widths")
+        check_positive_int(feature_dim, "feature_dim")
+        check_positive_int(position_dim, "position_dim", allow_none=True)
+        check_positive_int(column_channels, "column_channels")
+        check_positive_int(num_levels, "num_levels")
+        if rgb_head:
+            check_positive_ints(rgb_widths, "rgb_widths")
+        check_positive_int(chunk_size, "chunk_size", allow_none=True)
+        if global_head:
+            check_positive_int(global_num_heads, "global_num_heads")
+            if int(feature_dim) % int(global_num_heads):
+                raise ValueError(
+                    "`feature_dim` must be divisible by `global_num_heads`. "
+                    f"Received: feature_dim={feature_dim}, "
+                    f"global_num_heads={global_num_heads}"
+                )
+        check_image_batch((None,) + image_shape, patch_size=patch_size)
         grid_shape = (image_shape[0] // patch_size, image_shape[1] // patch_size)
         trigger_dim = grid_shape[0] * grid_shape[1] * int(column_channels)
         if position_dim is None:
@@ -181,12 +213,24 @@ class APM(Backbone):
 
     # --- input checks -----------------------------------------------------
     def _check_images(self, images):
+        check_array_like(
+            images,
+            "images",
+            f"of shape (batch, {', '.join(map(str, self.image_shape))})",
+        )
         check_image_batch(
             images, patch_size=self.patch_size, image_shape=self.image_shape
         )
         check_float_dtype(images)
         if self.check_finite:
             check_finite(images)
+
+    def _empty_outputs(self):
+        """The model's outputs for a batch of 0 images (every key, B = 0)."""
+        return {
+            key: ops.zeros((0,) + tuple(value.shape[1:]), dtype=value.dtype)
+            for key, value in self.output.items()
+        }
 
     def __call__(self, images, *args, **kwargs):
         # Keras' own input-spec errors name layers, not shapes; ours say what
@@ -195,7 +239,44 @@ class APM(Backbone):
             images, dict
         ):
             self._check_images(images)
+            if images.shape[0] == 0:
+                # Some backends fail on 0-row matmuls: answer directly.
+                return self._empty_outputs()
         return super().__call__(images, *args, **kwargs)
+
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, **kwargs):
+        """`keras.Model.predict` with the APM's input checks and clear errors.
+
+        Arrays are checked like `model(x)` (shape, dtype, and NaN/Inf when
+        `model.check_finite` is set); 0 images give empty outputs; running
+        out of device memory raises a `MemoryError` that says so first.
+
+        Example:
+        >>> out = model.predict(images, batch_size=32)
+        """
+        if hasattr(x, "shape") or isinstance(x, (list, tuple, str, bytes)):
+            self._check_images(x)
+            if x.shape[0] == 0:
+                return {
+                    k: ops.convert_to_numpy(v)
+                    for k, v in self._empty_outputs().items()
+                }
+        try:
+            return super().predict(
+                x, batch_size=batch_size, verbose=verbose, steps=steps, **kwargs
+            )
+        except Exception as e:
+            self._raise_if_out_of_memory(e, "predict", "batch_size")
+            raise
+
+    @staticmethod
+    def _raise_if_out_of_memory(error, where, knob):
+        if _is_out_of_memory(error):
+            first = str(error).strip().splitlines()[0][:300] if str(error) else ""
+            raise MemoryError(
+                f"Out of device memory in APM.{where}: use a smaller `{knob}`."
+                f"\nBackend error ({type(error).__name__}): {first}"
+            ) from error
 
     # --- the asynchronous interface ---------------------------------------
     def trigger_column(self, images):
@@ -205,6 +286,9 @@ class APM(Backbone):
         >>> trigger = model.trigger_column(images)  # once per image
         """
         self._check_images(images)
+        if images.shape[0] == 0:
+            n = self.grid_shape[0] * self.grid_shape[1] * self.column_channels
+            return ops.zeros((0, n), dtype=self.compute_dtype)
         return self.column(ops.convert_to_tensor(images))
 
     def evaluate_locations(
@@ -252,11 +336,35 @@ class APM(Backbone):
                     f"Expected trigger columns of shape (batch, {n}). "
                     f"Received shape {shape}."
                 )
-        if locations is None:
-            return self.field(trigger, chunk_size=chunk_size)
-        check_locations(locations, self.grid_shape)
-        locations = ops.cast(ops.convert_to_tensor(locations), "float32")
-        return self.field(trigger, locations=locations, chunk_size=chunk_size)
+        if locations is not None:
+            check_locations(locations, self.grid_shape)
+            num_locations = static_shape(locations)[0]
+        else:
+            num_locations = self.grid_shape[0] * self.grid_shape[1]
+        if trigger.shape[0] == 0 or num_locations == 0:
+            # Some backends fail on 0-row matmuls: answer directly.
+            return self._empty_answers(trigger.shape[0], num_locations)
+        try:
+            if locations is None:
+                return self.field(trigger, chunk_size=chunk_size)
+            locations = ops.cast(ops.convert_to_tensor(locations), "float32")
+            return self.field(trigger, locations=locations, chunk_size=chunk_size)
+        except Exception as e:
+            self._raise_if_out_of_memory(
+                e, "evaluate_locations", "chunk_size (or batch)"
+            )
+            raise
+
+    def _empty_answers(self, batch, num_locations):
+        dtype = self.compute_dtype
+        out = {"features": ops.zeros((batch, num_locations, self.feature_dim), dtype)}
+        if self.rgb_head:
+            out["rgb"] = ops.zeros((batch, num_locations, 3), dtype)
+        if self.num_levels > 1:
+            out["levels"] = ops.zeros(
+                (batch, num_locations, self.num_levels, self.feature_dim), dtype
+            )
+        return out
 
     def get_config(self):
         config = super().get_config()
@@ -279,6 +387,25 @@ class APM(Backbone):
             }
         )
         return config
+
+    def save_to_preset(self, preset_dir, max_shard_size=10):
+        """Saves the model to a preset directory, staged and checksummed.
+
+        The files are written beside `preset_dir` and swapped in at once,
+        with a `checksums.json` that `from_preset` verifies: a full disk or
+        a crash leaves the old preset (or none), never a partial one. Other
+        files already in `preset_dir` (an image converter) are kept.
+
+        Example:
+        ```python
+        model.save_to_preset("./my_apm")
+        keras_apm.APM.from_preset("./my_apm")
+        ```
+        """
+        save_super = super().save_to_preset
+        return save_preset_staged(
+            preset_dir, lambda staged: save_super(staged, max_shard_size)
+        )
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):

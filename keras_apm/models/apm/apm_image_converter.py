@@ -1,10 +1,14 @@
 """Image converter of APM presets: resize, scale, channel order."""
 
+import os
+
 import keras
 from keras import ops
 from keras_hub.layers import ImageConverter
 
+from keras_apm.models.apm import apm_preset_loading
 from keras_apm.models.apm.apm_backbone import APM
+from keras_apm.models.apm.apm_preset_saving import save_preset_staged
 from keras_apm.utils.keras_hub_compat import in_tf_function
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -107,7 +111,10 @@ class APMImageConverter(ImageConverter):
         else:
             cast, amin, amax = ops.cast, ops.min, ops.max
             flip = lambda t: ops.flip(t, axis=-1)  # noqa: E731
-        if self.scaling == "minmax":
+        if self.scaling == "minmax" and 0 in tuple(x.shape):
+            # A batch of 0 images: nothing to scale (min/max of nothing fail).
+            x = cast(x, self.compute_dtype)
+        elif self.scaling == "minmax":
             x = cast(x, self.compute_dtype)
             # Per image: reduce over every axis but the batch axis.
             axes = tuple(range(len(x.shape) - 3, len(x.shape)))
@@ -118,6 +125,35 @@ class APMImageConverter(ImageConverter):
         if self.channel_order == "bgr":
             x = flip(x)
         return x
+
+    @classmethod
+    def from_preset(cls, preset, **kwargs):
+        """Loads the image converter of a preset (name, handle or directory).
+
+        A local `image_converter.json` is checked first: invalid JSON, a
+        file that is not a layer config or one whose checksum changed raises
+        a ValueError naming the file.
+
+        Example:
+        >>> converter = keras_apm.APMImageConverter.from_preset("apm_tiny_digits")
+        """
+        handle = apm_preset_loading.resolve_handle(preset)
+        if isinstance(handle, str) and os.path.isdir(handle):
+            apm_preset_loading.check_image_converter_file(handle)
+        elif isinstance(handle, str) and apm_preset_loading._is_remote(handle):
+            apm_preset_loading.probe_hub(handle)
+        return super().from_preset(preset, **kwargs)
+
+    def save_to_preset(self, preset_dir):
+        """Adds `image_converter.json` to a preset, staged and checksummed.
+
+        The preset's other files are kept; the folder is swapped in at once
+        (see `keras_apm.APM.save_to_preset`).
+
+        Example:
+        >>> converter.save_to_preset("./my_apm")
+        """
+        return save_preset_staged(preset_dir, super().save_to_preset)
 
     def get_config(self):
         config = super().get_config()

@@ -4,15 +4,38 @@ keras-hub does the work (built-in names, `kaggle://`, `hf://`, local
 directories); this module makes a missing file, a corrupt config, weights
 with missing, extra or mis-shaped tensors, or an unreachable handle fail with
 a message naming the preset and the problem.
+
+Presets saved by keras_apm carry `checksums.json` (SHA-256 of every file);
+it is verified on load and a changed file is named. Presets without it
+(saved by keras-hub directly) still load. Weights holding NaN or Inf are
+refused: such a model answers NaN everywhere, and finding that out after
+a long run costs more than a clear error now. `check_weights=False` (a
+`from_preset` argument) skips the checksum and NaN checks, e.g. to inspect
+a broken preset.
 """
 
 import json
 import os
+import socket
+from urllib.parse import urlparse
 
+import numpy as np
+
+from keras_apm.utils.files import verify_manifest
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
+IMAGE_CONVERTER_FILE = "image_converter.json"
 REMOTE_SCHEMES = ("kaggle://", "hf://", "modelscope://", "gs://")
+# Where each scheme downloads from, and the variable that says "use the
+# local cache only" (then no probe is made).
+HUB_HOSTS = {
+    "hf://": ("HF_ENDPOINT", "https://huggingface.co", "HF_HUB_OFFLINE"),
+    "kaggle://": (None, "https://www.kaggle.com", "KAGGLEHUB_OFFLINE"),
+    "modelscope://": (None, "https://www.modelscope.cn", None),
+    "gs://": (None, "https://storage.googleapis.com", None),
+}
+PROBE_TIMEOUT_S = 3.0
 
 
 def _is_remote(handle):
@@ -26,6 +49,62 @@ def resolve_handle(preset):
     if isinstance(preset, str) and preset in BUILTIN_PRESETS:
         return BUILTIN_PRESETS[preset]["kaggle_handle"]
     return preset
+
+
+def probe_hub(handle, timeout=PROBE_TIMEOUT_S):
+    """Raises a ValueError at once if the hub behind `handle` is unreachable.
+
+    keras-hub's downloads retry for tens of seconds before failing with a
+    message that hides the cause; one short connection attempt says it
+    first. Skipped when the hub's offline variable (`HF_HUB_OFFLINE=1`) asks
+    for the local cache.
+    """
+    scheme = handle.split("://", 1)[0] + "://"
+    endpoint_var, default, offline_var = HUB_HOSTS[scheme]
+    if offline_var and os.environ.get(offline_var, "").lower() in ("1", "true", "yes"):
+        return
+    url = urlparse(os.environ.get(endpoint_var or "", "") or default)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        hint = (
+            f" To use a copy in the local cache, set {offline_var}=1."
+            if offline_var
+            else ""
+        )
+        raise ValueError(
+            f"Cannot load preset {handle!r}: the hub {host} is unreachable "
+            f"(offline? {type(e).__name__}: {e}). Download the preset on a "
+            f"machine with network access and pass its local directory.{hint}"
+        ) from None
+
+
+def _read_json(path, what):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(
+            f"Preset file {path!r} is not valid JSON ({type(e).__name__}: "
+            f"{e}). Expected the {what} written by `save_to_preset`; re-save "
+            "the preset."
+        ) from None
+
+
+def check_image_converter_file(directory):
+    """Raises a ValueError naming a corrupt `image_converter.json`."""
+    path = os.path.join(directory, IMAGE_CONVERTER_FILE)
+    if not os.path.isfile(path):
+        return
+    verify_manifest(directory, names=[IMAGE_CONVERTER_FILE])
+    config = _read_json(path, "image converter config")
+    if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
+        raise ValueError(
+            f"Preset file {path!r} is not a Keras layer config (expected a "
+            "dict with a 'config' dict). Re-save the image converter with "
+            "`save_to_preset`."
+        )
 
 
 def check_local_preset(directory):
@@ -48,33 +127,38 @@ def check_local_preset(directory):
             f"{sorted(os.listdir(directory))}."
         )
     path = os.path.join(directory, CONFIG_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(
-            f"Preset file {path!r} is not valid JSON ({e}). Re-save the "
-            "preset with `save_to_preset`."
-        ) from None
-    if not isinstance(config, dict) or "registered_name" not in config:
+    config = _read_json(path, "model config")
+    if (
+        not isinstance(config, dict)
+        or "registered_name" not in config
+        or not isinstance(config.get("config"), dict)
+    ):
         raise ValueError(
             f"Preset file {path!r} is not a Keras model config (expected a "
-            "dict with 'registered_name'). Re-save the preset with "
-            "`save_to_preset`."
+            "dict with 'registered_name' and a 'config' dict). Re-save the "
+            "preset with `save_to_preset`."
         )
 
 
-def weight_tensors(path):
-    """`{name: shape}` of every tensor in a Keras `.weights.h5` file."""
+def weight_tensors(path, check_finite=False):
+    """`{name: shape}` of every tensor in a Keras `.weights.h5` file.
+
+    With `check_finite`, also raises a ValueError naming the file and the
+    first tensors that hold NaN or Inf.
+    """
     import h5py
 
     shapes = {}
+    nonfinite = []
     try:
         with h5py.File(path, "r") as f:
 
             def visit(name, item):
                 if isinstance(item, h5py.Dataset):
                     shapes[name] = tuple(item.shape)
+                    if check_finite and item.dtype.kind == "f":
+                        if not np.isfinite(item[()]).all():
+                            nonfinite.append(name)
 
             f.visititems(visit)
     except OSError as e:
@@ -82,10 +166,17 @@ def weight_tensors(path):
             f"Weights file {path!r} cannot be read as HDF5 ({e}). The file "
             "is truncated or corrupt: re-save or re-download the preset."
         ) from None
+    if nonfinite:
+        raise ValueError(
+            f"Weights file {path!r} holds NaN or Inf values in "
+            f"{len(nonfinite)} tensor(s), e.g. {nonfinite[:3]}. Such a model "
+            "answers NaN. Re-save it from a finite model, or pass "
+            "check_weights=False to load it anyway."
+        )
     return shapes
 
 
-def check_weights_match(model, path):
+def check_weights_match(model, path, check_finite=True):
     """Compares a weights file's tensors with a freshly built model's.
 
     Keras warns (rather than fails) on some mismatches; a preset must match
@@ -102,7 +193,7 @@ def check_weights_match(model, path):
         expected = weight_tensors(expected_file.name)
     finally:
         os.remove(expected_file.name)
-    found = weight_tensors(path)
+    found = weight_tensors(path, check_finite=check_finite)
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     misshaped = sorted(
@@ -121,6 +212,7 @@ def check_weights_match(model, path):
 
 def load_backbone(cls, keras_hub_from_preset, preset, load_weights, **kwargs):
     """`cls.from_preset` with the checks of this module around it."""
+    check_weights = kwargs.pop("check_weights", True)
     handle = resolve_handle(preset)
     if not isinstance(handle, str):
         raise ValueError(
@@ -128,6 +220,7 @@ def load_backbone(cls, keras_hub_from_preset, preset, load_weights, **kwargs):
             f"Received: {preset!r}"
         )
     if _is_remote(handle):
+        probe_hub(handle)
         try:
             return keras_hub_from_preset(handle, load_weights=load_weights, **kwargs)
         except Exception as e:  # network, auth or missing-file errors.
@@ -137,10 +230,13 @@ def load_backbone(cls, keras_hub_from_preset, preset, load_weights, **kwargs):
                 "the preset elsewhere and pass its local directory."
             ) from e
     check_local_preset(handle)
+    if check_weights:
+        names = [CONFIG_FILE] + ([WEIGHTS_FILE] if load_weights else [])
+        verify_manifest(handle, names=names)
     if load_weights:
         model = keras_hub_from_preset(handle, load_weights=False, **kwargs)
         weights = os.path.join(handle, WEIGHTS_FILE)
-        check_weights_match(model, weights)
+        check_weights_match(model, weights, check_finite=check_weights)
         model.load_weights(weights)
         return model
     return keras_hub_from_preset(handle, load_weights=False, **kwargs)
