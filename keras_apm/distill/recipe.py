@@ -171,14 +171,18 @@ def distill(
     seed=0,
     data_dir=None,
     verbose="auto",
+    overwrite=False,
 ):
     """Distills a teacher preset into an APM on a dataset; saves everything.
 
     Writes, under `output`: `checkpoints/` (one per epoch, the newest
     kept, so `resume=True` continues an interrupted run), `student/` (the
-    distilled APM preset, loadable with `keras_apm.APM.from_preset`) and
+    distilled APM preset, loadable with `keras_apm.APM.from_preset`),
     `metrics.json` (final train and validation losses and cosines, and the
-    settings).
+    settings) and `run.json`, the run's manifest: `output` belongs to one
+    run (see `keras_apm.utils.run_directory.RunDirectory`). Settings are
+    checked, and `output` (and `cache`) proven writable, before any work;
+    a NaN/Inf training loss stops the run with an error.
 
     Args:
         teacher: a teacher preset (name, handle or directory), or a
@@ -199,9 +203,12 @@ def distill(
             `default_student_config` widths).
         cache: a directory for the teacher-feature cache, or None to run
             the teacher inside every training step.
-        resume: continue from the newest checkpoint in `output`.
+        resume: continue the run in `output` from its newest checkpoint
+            (it must be this run: the same settings but `epochs`).
         data_dir: TFDS data directory.
         verbose: `fit`'s verbosity (the progress bar by default).
+        overwrite: delete another run's outputs in `output` (otherwise
+            such a directory is refused) and start fresh.
 
     Returns:
         The `metrics.json` dict.
@@ -214,16 +221,91 @@ def distill(
     student = keras_apm.APM.from_preset("runs/digits/student")
     ```
     """
+    arguments = dict(locals())  # first: the arguments only
+    from keras_apm.utils.run_directory import RunDirectory
+    from keras_apm.utils.run_directory import check_writable
+
+    config = _check_settings(arguments)
+    with RunDirectory(
+        output, "distill", config, outputs=RUN_OUTPUTS, resume=resume,
+        overwrite=overwrite,
+    ) as run:
+        if cache is not None:
+            check_writable(cache)
+        arguments.update(resume=run.resuming, run_id=run.run_id)
+        del arguments["overwrite"]
+        return _distill(**arguments)
+
+
+# What `distill` writes in its output directory (and `overwrite` deletes).
+RUN_OUTPUTS = ("checkpoints", "student", "metrics.json")
+
+
+def _check_settings(arguments):
+    """Checks `distill`'s settings; returns those that identify the run.
+
+    Everything but `epochs` (a resumed run may go on longer), `resume`,
+    `overwrite`, `data_dir` and `verbose` (they change nothing learned).
+    """
+    from keras_apm.teachers import Teacher
+    from keras_apm.utils.hyperparameters import check_number
+
+    def positive_int(name):
+        check_number(arguments[name], f"`{name}`", low=1, integer=True)
+
+    positive_int("epochs")
+    positive_int("batch_size")
+    check_number(arguments["seed"], "`seed`", low=0, integer=True)
+    check_number(
+        arguments["learning_rate"], "`learning_rate`", low=0, low_open=True
+    )
+    if arguments["schedule"] not in ("constant", "cosine"):
+        raise ValueError(
+            '`schedule` must be "constant" or "cosine". Received '
+            f"{arguments['schedule']!r}."
+        )
+    levels = arguments["levels"]
+    if isinstance(levels, (list, tuple)):
+        if not levels:
+            raise ValueError("`levels` must not be empty. Received [].")
+        for level in levels:
+            check_number(level, "each of `levels`", integer=True)
+    else:
+        check_number(levels, "`levels`", low=1, integer=True)
+    widths = arguments["trunk_widths"]
+    if widths is not None:
+        if not isinstance(widths, (list, tuple)) or not widths:
+            raise ValueError(
+                "`trunk_widths` must be a non-empty list of ints >= 1. "
+                f"Received {widths!r}."
+            )
+        for width in widths:
+            check_number(width, "each of `trunk_widths`", low=1, integer=True)
+    teacher = arguments["teacher"]
+    if isinstance(teacher, Teacher):
+        from keras_apm.data.feature_cache import teacher_identity
+
+        teacher = teacher_identity(teacher)  # its weights' hash included
+    skip = ("epochs", "resume", "overwrite", "data_dir", "verbose", "output")
+    config = {k: v for k, v in arguments.items() if k not in skip}
+    config["teacher"] = teacher
+    for key in ("dataset", "student", "cache"):
+        if isinstance(config[key], os.PathLike):
+            config[key] = os.fspath(config[key])
+    return config
+
+
+def _distill(
+    teacher, dataset, output, split, validation_split, student, levels,
+    epochs, batch_size, learning_rate, schedule, trunk_widths, cache, resume,
+    seed, data_dir, verbose, run_id,
+):
+    """`distill` in its claimed output directory."""
     from keras_apm.distill.checkpoint import DistillCheckpoint
+    from keras_apm.distill.checkpoint import StopOnNonFiniteLoss
     from keras_apm.distill.distiller import APMDistiller
     from keras_apm.teachers import Teacher
 
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"`epochs` must be an int >= 1. Received {epochs!r}.")
-    if schedule not in ("constant", "cosine"):
-        raise ValueError(
-            f'`schedule` must be "constant" or "cosine". Received {schedule!r}.'
-        )
     student_arg = student
     keras.utils.set_random_seed(seed)
     if not isinstance(teacher, Teacher):
@@ -258,7 +340,9 @@ def distill(
             learning_rate, schedule, epochs * _steps_per_epoch(train)
         )
     )
-    checkpoint = DistillCheckpoint(os.path.join(output, "checkpoints"))
+    checkpoint = DistillCheckpoint(
+        os.path.join(output, "checkpoints"), run_id=run_id
+    )
     initial_epoch = checkpoint.restore(distiller) if resume else 0
     history = {}
     if initial_epoch < epochs:
@@ -267,7 +351,7 @@ def distill(
             validation_data=validation,
             epochs=epochs,
             initial_epoch=initial_epoch,
-            callbacks=[checkpoint],
+            callbacks=[StopOnNonFiniteLoss(), checkpoint],
             verbose=verbose,
             shuffle=False,  # the pipeline shuffles (tf.data ignores it)
         ).history
