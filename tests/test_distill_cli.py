@@ -10,6 +10,15 @@ import skimage.io
 
 import keras_apm
 from keras_apm.cli import main
+from keras_apm.distill import DistillCheckpoint
+from keras_apm.distill import save_student_preset
+from keras_apm.distill.distiller import APMDistiller
+from keras_apm.distill.recipe import build_student
+from keras_apm.distill.recipe import distill
+from keras_apm.distill.recipe import load_teacher
+from keras_apm.utils.run_directory import OutputLock
+
+from test_run_directory import read_only_directory
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +124,15 @@ def test_distill_on_a_folder_with_a_json_student(tmp_path):
         (["--trunk-widths", "64,0"], "--trunk-widths"),
         (["--schedule", "linear"], "--schedule"),
         (["--student", "s.json", "--trunk-widths", "8"], "one or the other"),
+        (
+            ["--learning-rate", "nan"],
+            "--learning-rate must be a finite number > 0, got nan",
+        ),
+        (["--learning-rate", "-1"], "--learning-rate must be a finite number > 0"),
+        (["--learning-rate", "inf"], "got inf"),
+        (["--batch-size", "0"], "--batch-size must be an int >= 1, got 0"),
+        (["--seed", "-1"], "--seed must be an int >= 0, got -1"),
+        (["--levels", "0"], "--levels must be an int >= 1, got 0"),
     ],
 )
 def test_distill_bad_arguments_exit_2(tmp_path, capsys, args, message):
@@ -130,7 +148,7 @@ def test_distill_bad_arguments_exit_2(tmp_path, capsys, args, message):
     assert message in capsys.readouterr().err
 
 
-def test_demo_writes_summary_and_student(tmp_path, data_dir):
+def test_demo_writes_summary_and_student(tmp_path, data_dir, capsys):
     out = str(tmp_path / "demo")
     code = main(
         ["demo", "--output", out, "--epochs", "1", "--data-dir", data_dir]
@@ -145,3 +163,126 @@ def test_demo_writes_summary_and_student(tmp_path, data_dir):
     student = keras_apm.APM.from_preset(os.path.join(out, "student"))
     images = np.zeros((1, 32, 32, 3), "float32")
     assert student(images)["features"].shape == (1, 8, 8, 64)
+    # The same demo again: refused, or resumed (nothing left to train).
+    argv = ["demo", "--output", out, "--epochs", "1", "--data-dir", data_dir]
+    assert main(argv) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 0
+    with open(os.path.join(out, "metrics.json")) as f:
+        assert json.load(f)["settings"]["initial_epoch"] == 1
+
+
+def test_a_fresh_run_never_takes_over_another_runs_output(
+    tmp_path, data_dir, capsys
+):
+    # A longer run (2 epochs) first. A fresh, shorter run into the same
+    # --output used to delete its own epoch_00001 (pruning kept the highest
+    # epoch, the old run's), and --resume then restored the old run.
+    quick = ("--validation-split", "none", "--learning-rate", "3e-3")
+    out, _ = _distill(tmp_path, data_dir, "--epochs", "2", *quick[:2])
+    with open(os.path.join(out, "run.json")) as f:
+        first_run = json.load(f)["run_id"]
+    capsys.readouterr()
+    argv = [
+        "distill", "--teacher", "vit_tiny_digits", "--dataset",
+        "sklearn_digits", "--split", "train[:64]", "--batch-size", "32",
+        "--data-dir", data_dir, "--output", out, "--epochs", "1", *quick,
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "another run's files" in err and "learning_rate" in err
+    assert "--overwrite" in err
+    assert main([*argv, "--resume"]) == 2  # not its run: nothing to resume
+    # --overwrite clears the old run first; the new one keeps its own.
+    out, metrics = _distill(tmp_path, data_dir, "--epochs", "1", *quick, "--overwrite")
+    checkpoints = os.path.join(out, "checkpoints")
+    assert sorted(os.listdir(checkpoints)) == ["epoch_00001", "latest.json"]
+    with open(os.path.join(out, "run.json")) as f:
+        manifest = json.load(f)
+    assert manifest["run_id"] != first_run and manifest["status"] == "complete"
+    assert manifest["config"]["learning_rate"] == 3e-3
+    # --resume restores this run, not the old one.
+    _, again = _distill(tmp_path, data_dir, "--epochs", "1", *quick, "--resume")
+    assert again["settings"]["initial_epoch"] == 1
+    np.testing.assert_allclose(
+        again["train"]["loss"], metrics["train"]["loss"], rtol=1e-5
+    )
+
+
+def test_a_locked_or_read_only_output_fails_before_any_work(
+    tmp_path, data_dir, capsys, monkeypatch
+):
+    def no_work(*args, **kwargs):
+        raise AssertionError("the teacher was loaded before the checks")
+
+    monkeypatch.setattr("keras_apm.distill.recipe.load_teacher", no_work)
+    base = [
+        "distill", "--teacher", "vit_tiny_digits", "--dataset",
+        "sklearn_digits", "--data-dir", data_dir,
+    ]
+    # Another run holds the lock (two runs into one --output).
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = OutputLock(out / ".lock").acquire()
+    try:
+        assert main([*base, "--output", str(out)]) == 2
+        assert "Another run" in capsys.readouterr().err
+    finally:
+        lock.release()
+    # A read-only --output or --cache: refused, not at the first checkpoint.
+    with read_only_directory(tmp_path / "ro") as ro:
+        assert main([*base, "--output", os.path.join(ro, "run")]) == 2
+        assert "not writable" in capsys.readouterr().err
+        argv = [*base, "--output", str(out), "--cache", os.path.join(ro, "c")]
+        assert main(argv) == 2
+        assert "not writable" in capsys.readouterr().err
+    assert os.listdir(out) == []  # nothing left behind
+
+
+def test_a_diverging_run_stops_and_saves_nothing(tmp_path, data_dir):
+    # A finite but absurd learning rate: the loss overflows within the
+    # first epoch. It used to train on and save a NaN student.
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="training loss became (nan|inf)"):
+        distill(
+            "vit_tiny_digits", "sklearn_digits", out, split="train[:64]",
+            validation_split=None, epochs=2, batch_size=16,
+            learning_rate=1e30, data_dir=data_dir, verbose=0,
+        )
+    assert not out.exists()
+    with pytest.raises(ValueError, match="`learning_rate` must be a finite"):
+        distill("vit_tiny_digits", "sklearn_digits", out, learning_rate=-1.0)
+
+
+def test_checkpoints_prune_by_this_runs_timeline_and_refuse_nan(tmp_path):
+    teacher = load_teacher("vit_tiny_digits")
+    student = build_student(teacher, trunk_widths=(16,))
+    distiller = APMDistiller(student, teacher)
+    distiller.compile(optimizer="adam")
+    distiller.optimizer.build(distiller.trainable_variables)
+    folder = tmp_path / "checkpoints"
+    DistillCheckpoint(folder, run_id="old").save(distiller, 3)
+    checkpoint = DistillCheckpoint(folder, run_id="new")
+    checkpoint.save(distiller, 1)
+    # Epoch 3 is another run's (or a dropped timeline's), not newer.
+    assert checkpoint.checkpoints() == ["epoch_00001"]
+    assert checkpoint.restore(distiller) == 1
+    with pytest.raises(ValueError, match="belongs to run 'new'"):
+        DistillCheckpoint(folder, run_id="other").restore(distiller)
+    # Nothing non-finite is saved: not a checkpoint, not a preset.
+    weight = student.trainable_weights[0]
+    weight.assign(np.full(weight.shape, np.nan, "float32"))
+    with pytest.raises(ValueError, match="Refusing to save.*NaN/Inf"):
+        checkpoint.save(distiller, 2)
+    with pytest.raises(ValueError, match="Refusing to save.*NaN/Inf"):
+        save_student_preset(student, tmp_path / "student")
+    assert checkpoint.checkpoints() == ["epoch_00001"]
+    assert not (tmp_path / "student").exists()
+
+
+def test_demo_checks_epochs(tmp_path, capsys):
+    # `--epochs 0` used to run the 60-epoch default.
+    out = tmp_path / "demo"
+    assert main(["demo", "--output", str(out), "--epochs", "0"]) == 2
+    assert "--epochs must be an int >= 1, got 0" in capsys.readouterr().err
+    assert not out.exists()
