@@ -46,8 +46,9 @@ def _distill(tmp_path, data_dir, *extra):
         return out, json.load(f)
 
 
-def test_distill_then_resume(tmp_path, data_dir):
-    # One epoch, then a resumed second one: checkpoint, student, figures.
+def test_distill_then_resume(tmp_path, data_dir, capsys):
+    # One epoch, then a resumed second one: checkpoint, student, figures;
+    # then a run with other settings into the same --output.
     rate = ("--learning-rate", "3e-3")
     _, first = _distill(tmp_path, data_dir, "--epochs", "1", *rate)
     out, metrics = _distill(
@@ -69,6 +70,38 @@ def test_distill_then_resume(tmp_path, data_dir):
     assert again["settings"]["initial_epoch"] == 2
     np.testing.assert_allclose(
         again["validation"]["loss"], metrics["validation"]["loss"], rtol=1e-5
+    )
+    with open(os.path.join(out, "run.json")) as f:
+        first_run = json.load(f)["run_id"]
+
+    # A fresh, shorter run with other settings into the same --output used
+    # to delete its own epoch_00001 (pruning kept the highest epoch, the old
+    # run's), and --resume then restored the old run. Now it is refused...
+    argv = [
+        "distill", "--teacher", "vit_tiny_digits", "--dataset",
+        "sklearn_digits", "--split", "train[:64]", "--batch-size", "32",
+        "--data-dir", data_dir, "--output", out, "--epochs", "1",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "another run's files" in err and "learning_rate" in err
+    assert "--overwrite" in err
+    assert main([*argv, "--resume"]) == 2  # not its run: nothing to resume
+    # ... and --overwrite clears the old run first, then keeps its own.
+    _, fresh = _distill(tmp_path, data_dir, "--epochs", "1", "--overwrite")
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == [
+        "epoch_00001", "latest.json"
+    ]
+    with open(os.path.join(out, "run.json")) as f:
+        manifest = json.load(f)
+    assert manifest["run_id"] != first_run and manifest["status"] == "complete"
+    assert manifest["config"]["learning_rate"] == 1e-3
+    # --resume restores this run, not the old one.
+    _, resumed = _distill(tmp_path, data_dir, "--epochs", "1", "--resume")
+    assert resumed["settings"]["initial_epoch"] == 1
+    assert resumed["settings"]["learning_rate"] == 1e-3
+    np.testing.assert_allclose(
+        resumed["validation"]["loss"], fresh["validation"]["loss"], rtol=1e-5
     )
 
 
@@ -170,43 +203,6 @@ def test_demo_writes_summary_and_student(tmp_path, data_dir, capsys):
     assert main([*argv, "--resume"]) == 0
     with open(os.path.join(out, "metrics.json")) as f:
         assert json.load(f)["settings"]["initial_epoch"] == 1
-
-
-def test_a_fresh_run_never_takes_over_another_runs_output(
-    tmp_path, data_dir, capsys
-):
-    # A longer run (2 epochs) first. A fresh, shorter run into the same
-    # --output used to delete its own epoch_00001 (pruning kept the highest
-    # epoch, the old run's), and --resume then restored the old run.
-    quick = ("--validation-split", "none", "--learning-rate", "3e-3")
-    out, _ = _distill(tmp_path, data_dir, "--epochs", "2", *quick[:2])
-    with open(os.path.join(out, "run.json")) as f:
-        first_run = json.load(f)["run_id"]
-    capsys.readouterr()
-    argv = [
-        "distill", "--teacher", "vit_tiny_digits", "--dataset",
-        "sklearn_digits", "--split", "train[:64]", "--batch-size", "32",
-        "--data-dir", data_dir, "--output", out, "--epochs", "1", *quick,
-    ]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "another run's files" in err and "learning_rate" in err
-    assert "--overwrite" in err
-    assert main([*argv, "--resume"]) == 2  # not its run: nothing to resume
-    # --overwrite clears the old run first; the new one keeps its own.
-    out, metrics = _distill(tmp_path, data_dir, "--epochs", "1", *quick, "--overwrite")
-    checkpoints = os.path.join(out, "checkpoints")
-    assert sorted(os.listdir(checkpoints)) == ["epoch_00001", "latest.json"]
-    with open(os.path.join(out, "run.json")) as f:
-        manifest = json.load(f)
-    assert manifest["run_id"] != first_run and manifest["status"] == "complete"
-    assert manifest["config"]["learning_rate"] == 3e-3
-    # --resume restores this run, not the old one.
-    _, again = _distill(tmp_path, data_dir, "--epochs", "1", *quick, "--resume")
-    assert again["settings"]["initial_epoch"] == 1
-    np.testing.assert_allclose(
-        again["train"]["loss"], metrics["train"]["loss"], rtol=1e-5
-    )
 
 
 def test_a_locked_or_read_only_output_fails_before_any_work(
