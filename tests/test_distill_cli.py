@@ -71,8 +71,6 @@ def test_distill_then_resume(tmp_path, data_dir, capsys):
     np.testing.assert_allclose(
         again["validation"]["loss"], metrics["validation"]["loss"], rtol=1e-5
     )
-    with open(os.path.join(out, "run.json")) as f:
-        first_run = json.load(f)["run_id"]
 
     # A fresh, shorter run with other settings into the same --output used
     # to delete its own epoch_00001 (pruning kept the highest epoch, the old
@@ -87,6 +85,8 @@ def test_distill_then_resume(tmp_path, data_dir, capsys):
     assert "another run's files" in err and "learning_rate" in err
     assert "--overwrite" in err
     assert main([*argv, "--resume"]) == 2  # not its run: nothing to resume
+    with open(os.path.join(out, "run.json")) as f:
+        first_run = json.load(f)["run_id"]
     # ... and --overwrite clears the old run first, then keeps its own.
     _, fresh = _distill(tmp_path, data_dir, "--epochs", "1", "--overwrite")
     assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == [
@@ -257,11 +257,12 @@ def test_checkpoints_prune_by_this_runs_timeline_and_refuse_nan(tmp_path):
     distiller.compile(optimizer="adam")
     distiller.optimizer.build(distiller.trainable_variables)
     folder = tmp_path / "checkpoints"
-    DistillCheckpoint(folder, run_id="old").save(distiller, 3)
+    DistillCheckpoint(folder).save(distiller, 3)
+    DistillCheckpoint(folder).save(distiller, 1)
+    # Epoch 3 is another run's (or a dropped timeline's), not newer.
+    assert DistillCheckpoint(folder).checkpoints() == ["epoch_00001"]
     checkpoint = DistillCheckpoint(folder, run_id="new")
     checkpoint.save(distiller, 1)
-    # Epoch 3 is another run's (or a dropped timeline's), not newer.
-    assert checkpoint.checkpoints() == ["epoch_00001"]
     assert checkpoint.restore(distiller) == 1
     with pytest.raises(ValueError, match="belongs to run 'new'"):
         DistillCheckpoint(folder, run_id="other").restore(distiller)
