@@ -18,6 +18,7 @@ from keras_apm.teachers import Teacher
 from keras_apm.ttt import TestTimeTrainer
 
 # Tiny random teachers and presets, shared with test_ttt.py.
+from test_run_directory import read_only_directory
 from test_ttt import clip_preset  # noqa: F401
 from test_ttt import vit_preset  # noqa: F401
 
@@ -137,6 +138,73 @@ def test_cli_errors(vit_preset, tmp_path, capsys):  # noqa: F811
     assert run_cli(*base, "--dataset", tmp_path / "missing") == 2
     assert "error" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        # Used to exit 0 after gradient *ascent* (12.5% accuracy).
+        (["--learning-rate", -1], "--learning-rate must be a finite number > 0, got -1.0"),
+        (["--learning-rate", "nan"], "--learning-rate must be a finite number > 0, got nan"),
+        (["--steps", 0], "--steps must be an int >= 1, got 0"),
+        (["--batch-size", 0], "--batch-size must be an int >= 1, got 0"),
+        (["--limit", 0], "--limit must be an int >= 1, got 0"),
+        (["--corruption", "fog", "--severity", 9], r"--severity must be an int in [1, 5], got 9"),
+        (["--seed", -2], "--seed must be an int >= 0, got -2"),
+    ],
+)
+def test_cli_bad_hyperparameters_exit_2(
+    vit_preset, tmp_path, capsys, monkeypatch, args, message  # noqa: F811
+):
+    monkeypatch.setattr("keras_apm.teachers.Teacher.from_preset", _no_work)
+    out = tmp_path / "x.json"
+    rc = run_cli(
+        "--teacher", vit_preset, "--dataset", tmp_path, "--output", out, *args
+    )
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def _no_work(*args, **kwargs):
+    raise AssertionError("work started before the arguments were checked")
+
+
+def test_cli_output_is_checked_before_work(vit_preset, tmp_path, capsys, monkeypatch):  # noqa: F811
+    # A read-only --output used to fail only after evaluating every image.
+    monkeypatch.setattr("keras_apm.teachers.Teacher.from_preset", _no_work)
+    base = ["--teacher", vit_preset, "--dataset", tmp_path]
+    with read_only_directory(tmp_path / "ro") as ro:
+        assert run_cli(*base, "--output", os.path.join(ro, "r.json")) == 2
+        assert "not writable" in capsys.readouterr().err
+    # Another run's result is not replaced without --overwrite.
+    out = tmp_path / "done.json"
+    out.write_text('{"accuracy_apm": 0.5}')
+    assert run_cli(*base, "--output", out) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert json.loads(out.read_text()) == {"accuracy_apm": 0.5}
+    monkeypatch.undo()
+    folder = write_digit_folder(tmp_path / "d", per_class=1)
+    rc = run_cli(
+        "--teacher", vit_preset, "--dataset", folder, "--steps", 1,
+        "--output", out, "--overwrite", "--quiet",
+    )
+    assert rc == 0
+    assert json.loads(out.read_text())["num_images"] == 3
+
+
+def test_cli_diverged_adaptation_is_an_error(vit_preset, tmp_path, capsys):  # noqa: F811
+    folder = write_digit_folder(tmp_path / "d", per_class=1)
+    out = tmp_path / "x.json"
+    rc = run_cli(
+        "--teacher", vit_preset, "--dataset", folder, "--steps", 3,
+        "--learning-rate", 1e30, "--output", out, "--quiet",
+    )
+    assert rc == 2
+    assert "Test-time training diverged" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(ValueError, match="`learning_rate` must be a finite"):
+        TestTimeTrainer(teacher=Teacher.from_preset(vit_preset), learning_rate=-1.0)
 
 
 def test_zero_shot_example(clip_preset, tmp_path, capsys):  # noqa: F811

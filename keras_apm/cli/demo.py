@@ -26,16 +26,36 @@ def add_parser(subparsers):
         "--epochs", type=int, default=DIGITS.epochs, help="training epochs"
     )
     parser.add_argument("--data-dir", help="TFDS data directory")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue the demo run in --output from its newest checkpoint",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="delete another run's outputs in --output and start over",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args):
     from keras_apm.distill import digits
+    from keras_apm.distill.recipe import RUN_OUTPUTS
+    from keras_apm.utils.hyperparameters import check_flags
+    from keras_apm.utils.run_directory import RunDirectory
 
-    summary = digits.distill_digits(
-        args.output,
-        epochs=args.epochs,
-        data_dir=args.data_dir,
-    )
+    check_flags(args, epochs=dict(low=1, integer=True))
+    # The demo owns --output, summary.json included; `distill` inside
+    # joins this claim.
+    with RunDirectory(
+        args.output, "demo", {"recipe": "digits", "seed": 0},
+        outputs=RUN_OUTPUTS + ("summary.json",), resume=args.resume,
+        overwrite=args.overwrite,
+    ) as claim:
+        summary = digits.distill_digits(
+            args.output,
+            epochs=args.epochs,
+            data_dir=args.data_dir,
+            resume=claim.resuming,
+        )
     print(json.dumps(summary, indent=2, sort_keys=True))
     return 0

@@ -107,11 +107,27 @@ def add_parser(subparsers):
     parser.add_argument(
         "--resume", action="store_true", help="continue from the newest checkpoint"
     )
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="delete another run's outputs in --output and start over",
+    )
     parser.add_argument("--output", required=True, help="output directory")
     parser.set_defaults(func=run)
 
 
 def run(args):
+    from keras_apm.utils.hyperparameters import check_flags
+
+    # Checked here first, so that errors name the flags.
+    ranges = dict(
+        epochs=dict(low=1, integer=True),
+        batch_size=dict(low=1, integer=True),
+        learning_rate=dict(low=0, low_open=True),
+        seed=dict(low=0, integer=True),
+    )
+    if isinstance(args.levels, int):  # a count (indices may be negative)
+        ranges["levels"] = dict(low=1, integer=True)
+    check_flags(args, **ranges)
     import keras_apm.data  # noqa: F401  (registers sklearn_digits)
     from keras_apm.distill.recipe import distill
 
@@ -134,7 +150,7 @@ def run(args):
     metrics = distill(
         output=args.output, recipe=args.recipe, student=args.student,
         cache=args.cache, resume=args.resume, data_dir=args.data_dir,
-        **overrides,
+        overwrite=args.overwrite, **overrides,
     )
     figures = metrics["validation"] or metrics["train"]
     which = "validation" if metrics["validation"] else "train"

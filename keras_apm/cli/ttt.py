@@ -43,11 +43,32 @@ def add_parser(subparsers):
         help="CLIP prompt templates, each with one {} (default 'a photo of a {}')",
     )
     parser.add_argument("--output", required=True, help="result JSON file")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --output"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
 def run(args):
+    from keras_apm.utils.hyperparameters import check_flags
+    from keras_apm.utils.run_directory import OutputFile
+
+    check_flags(
+        args,
+        severity=dict(low=1, high=5, integer=True),
+        steps=dict(low=1, integer=True),
+        batch_size=dict(low=1, integer=True),
+        limit=dict(low=1, integer=True),
+        learning_rate=dict(low=0, low_open=True),
+        seed=dict(low=0, integer=True),
+    )
+    # Claimed (writable, locked, not another run's result) before any work.
+    with OutputFile(args.output, overwrite=args.overwrite):
+        return _run(args)
+
+
+def _run(args):
     import numpy as np
 
     from keras_apm.models.apm.apm_student import load_teacher

@@ -22,6 +22,59 @@ STATE_FILE = "state.json"
 _EPOCH_DIR = re.compile(r"^epoch_(\d{5,})$")
 
 
+def check_finite_weights(variables, what):
+    """Raises if any variable holds NaN or Inf: such a result is never saved.
+
+    Args:
+        variables: Keras variables (e.g. `model.weights`).
+        what: what is being saved, for the message (a path).
+
+    Example:
+    >>> check_finite_weights(student.weights, "run/student")
+    """
+    for variable in variables:
+        values = np.asarray(keras.ops.convert_to_numpy(variable.value))
+        if values.dtype.kind in "fc" and not np.isfinite(values).all():
+            bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+            raise ValueError(
+                f"Refusing to save {what}: the variable {variable.path!r} "
+                f"holds {bad} NaN/Inf values of {values.size}. The training "
+                "diverged; lower the learning rate or check the data."
+            )
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops `fit` with an error as soon as the training loss is NaN or Inf.
+
+    Keras' `TerminateOnNaN` stops quietly by default and leaves the run to
+    save what it has; this raises, so nothing diverged is written after
+    it (the checkpoint callback of that epoch never runs).
+
+    Example:
+    >>> distiller.fit(ds, callbacks=[StopOnNonFiniteLoss(), checkpoint])
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        value = float(np.asarray(keras.ops.convert_to_numpy(loss)))
+        if not np.isfinite(value):
+            raise ValueError(
+                f"The training loss became {value} at epoch "
+                f"{self._epoch + 1}, batch {batch + 1}: training stopped, "
+                "nothing of this epoch was saved. Lower the learning rate "
+                "or check the data for NaN/Inf values."
+            )
+
+
 def save_student_preset(student, directory, image_converter=None):
     """Saves an APM (and its image converter) as a preset, atomically.
 
@@ -36,6 +89,8 @@ def save_student_preset(student, directory, image_converter=None):
     ...                     distiller.image_converter)
     >>> keras_apm.APM.from_preset("my_apm")
     """
+
+    check_finite_weights(student.weights, repr(os.fspath(directory)))
 
     def write(staged):
         student.save_to_preset(staged)
@@ -54,7 +109,9 @@ class DistillCheckpoint(keras.callbacks.Callback):
     (`optimizer.npz`: moments, step count) and `state.json` (the epoch
     count and that epoch's logs). Each is staged under a temporary name and
     renamed; then `directory/latest.json` is replaced to point at it, and
-    older epochs beyond `keep` are deleted. `restore` loads the newest
+    older epochs beyond `keep` are deleted, as are later epochs (left by
+    a longer run, they are not this run's future). Weights or optimizer
+    state holding NaN/Inf are refused, never saved. `restore` loads the newest
     complete checkpoint into a compiled distiller and returns the epoch to
     pass as `fit(initial_epoch=...)`, so an interrupted run continues where
     its last checkpoint left it (the data order of the resumed epochs
@@ -65,6 +122,9 @@ class DistillCheckpoint(keras.callbacks.Callback):
         every: int, save every `every` epochs (the last epoch of `fit` is
             always saved).
         keep: int, how many checkpoints to keep (newest first).
+        run_id: optional id of the run (`keras_apm.utils.run_directory`):
+            written into each checkpoint, and `restore` refuses a
+            checkpoint of another run.
 
     Example:
     ```python
@@ -76,7 +136,7 @@ class DistillCheckpoint(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self, directory, every=1, keep=1):
+    def __init__(self, directory, every=1, keep=1, run_id=None):
         super().__init__()
         for name, value in (("every", every), ("keep", keep)):
             if isinstance(value, bool) or not isinstance(value, int) or (
@@ -88,6 +148,7 @@ class DistillCheckpoint(keras.callbacks.Callback):
         self.directory = os.path.abspath(os.fspath(directory))
         self.every = every
         self.keep = keep
+        self.run_id = run_id
         self._epochs = None
 
     # --- callback hooks ----------------------------------------------
@@ -104,6 +165,11 @@ class DistillCheckpoint(keras.callbacks.Callback):
         """Writes the checkpoint of `epoch` completed epochs."""
         os.makedirs(self.directory, exist_ok=True)
         name = f"epoch_{int(epoch):05d}"
+        optimizer = distiller.optimizer
+        check_finite_weights(
+            list(distiller.student.weights) + list(optimizer.variables),
+            f"the checkpoint {os.path.join(self.directory, name)!r}",
+        )
 
         def write(staged):
             save_student_preset(
@@ -123,6 +189,7 @@ class DistillCheckpoint(keras.callbacks.Callback):
                 "logs": {k: float(v) for k, v in (logs or {}).items()},
                 "optimizer": type(optimizer).__name__,
                 "optimizer_variables": paths,
+                "run_id": self.run_id,
             }
             write_json(os.path.join(staged, STATE_FILE), state)
 
@@ -131,7 +198,14 @@ class DistillCheckpoint(keras.callbacks.Callback):
             os.path.join(self.directory, LATEST_FILE),
             {"checkpoint": name, "epoch": int(epoch)},
         )
-        for old in self.checkpoints()[: -self.keep]:
+        # Prune by age in this run's timeline: the `keep` newest epochs up
+        # to this one. Higher epochs are not newer: they are left by a
+        # longer run (or the timeline before a resume) and must not survive
+        # this run's own checkpoints.
+        names = self.checkpoints()
+        done = [n for n in names if int(_EPOCH_DIR.match(n).group(1)) <= epoch]
+        later = [n for n in names if n not in done]
+        for old in later + done[: -self.keep]:
             shutil.rmtree(os.path.join(self.directory, old), ignore_errors=True)
 
     def checkpoints(self):
@@ -181,6 +255,12 @@ class DistillCheckpoint(keras.callbacks.Callback):
             return 0
         with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
             state = json.load(f)
+        if self.run_id is not None and state.get("run_id") != self.run_id:
+            raise ValueError(
+                f"The checkpoint {path!r} belongs to run "
+                f"{state.get('run_id')!r}, not to this run ({self.run_id!r}). "
+                "Resume a run from its own output directory."
+            )
         self._load_student(distiller.student, os.path.join(path, "student"))
         optimizer = distiller.optimizer
         if not optimizer.built:

@@ -43,13 +43,14 @@ def teacher_accuracy(teacher, split="test", data_dir=None, batch_size=120):
 
 
 def distill_digits(output, epochs=None, seed=0, data_dir=None,
-                   verbose="auto"):
+                   verbose="auto", resume=False, overwrite=False):
     """Distills `vit_tiny_digits` into a fresh APM; writes `summary.json`.
 
     Under `output`: `student/` (the APM preset), `metrics.json` (see
     `keras_apm.distill.distill`), `cache/` (the teacher's targets) and
     `summary.json` with `grid_cosine` and `global_cosine` (student vs
     teacher, mean over the test split), `teacher_accuracy` and `seconds`.
+    `resume` and `overwrite` are `keras_apm.distill.distill`'s.
 
     Example:
     >>> summary = distill_digits("apm_demo")
@@ -75,6 +76,8 @@ def distill_digits(output, epochs=None, seed=0, data_dir=None,
         cache=os.path.join(output, "cache"),
         data_dir=data_dir,
         verbose=verbose,
+        resume=resume,
+        overwrite=overwrite,
     )
     test = metrics["validation"]
     summary = {

@@ -83,14 +83,17 @@ def _final(history, prefix=""):
 
 def distill(teacher=None, dataset=None, output=None, recipe="default",
             student=None, cache=None, resume=False, data_dir=None,
-            verbose="auto", **overrides):
+            verbose="auto", overwrite=False, **overrides):
     """Distills a teacher preset into an APM on a dataset; saves everything.
 
     Writes, under `output`: `checkpoints/` (one per epoch, the newest
     kept, so `resume=True` continues an interrupted run), `student/` (the
-    distilled APM preset, loadable with `keras_apm.APM.from_preset`) and
+    distilled APM preset, loadable with `keras_apm.APM.from_preset`),
     `metrics.json` (final train and validation losses and cosines, and the
-    settings).
+    settings) and `run.json`, the run's manifest: `output` belongs to one
+    run (see `keras_apm.utils.run_directory.RunDirectory`). Settings are
+    checked, and `output` (and `cache`) proven writable, before any work;
+    a NaN/Inf training loss stops the run with an error.
 
     Args:
         teacher: a teacher preset (name, handle or directory), or a
@@ -105,13 +108,16 @@ def distill(teacher=None, dataset=None, output=None, recipe="default",
             or a `.json` file holding an APM config.
         cache: a directory for the teacher-feature cache, or None to run
             the teacher inside every training step.
-        resume: continue from the newest checkpoint in `output`.
+        resume: continue the run in `output` from its newest checkpoint
+            (it must be this run: the same settings but `epochs`).
         data_dir: TFDS data directory.
         verbose: `fit`'s verbosity (the progress bar by default).
         **overrides: settings of the recipe to change (`split`,
             `validation_split`, `levels`, `epochs`, `batch_size`,
             `learning_rate`, `schedule`, `trunk_widths`, `seed`; see
             `DistillRecipe`).
+        overwrite: delete another run's outputs in `output` (otherwise
+            such a directory is refused) and start fresh.
 
     Returns:
         The `metrics.json` dict.
@@ -126,11 +132,9 @@ def distill(teacher=None, dataset=None, output=None, recipe="default",
     student = keras_apm.APM.from_preset("runs/digits/student")
     ```
     """
-    from keras_apm.distill.checkpoint import DistillCheckpoint
-    from keras_apm.distill.distiller import APMDistiller
-    from keras_apm.distill.recipes import SCHEDULES
     from keras_apm.distill.recipes import get_recipe
-    from keras_apm.teachers import Teacher
+    from keras_apm.utils.run_directory import RunDirectory
+    from keras_apm.utils.run_directory import check_writable
 
     settings = get_recipe(recipe, **overrides)
     teacher = settings.teacher if teacher is None else teacher
@@ -143,16 +147,98 @@ def distill(teacher=None, dataset=None, output=None, recipe="default",
             )
     if output is None:
         raise ValueError("`distill` needs `output=`, the run directory.")
-    split, validation_split = settings.split, settings.validation_split
-    levels, epochs, seed = settings.levels, settings.epochs, settings.seed
-    batch_size, learning_rate = settings.batch_size, settings.learning_rate
-    schedule, trunk_widths = settings.schedule, settings.trunk_widths
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"`epochs` must be an int >= 1. Received {epochs!r}.")
-    if schedule not in SCHEDULES:
+    arguments = dict(
+        teacher=teacher, dataset=dataset, output=output,
+        recipe=recipe if isinstance(recipe, str) else None,
+        split=settings.split, validation_split=settings.validation_split,
+        student=student, levels=settings.levels, epochs=settings.epochs,
+        batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+        schedule=settings.schedule, trunk_widths=settings.trunk_widths,
+        cache=cache, resume=resume, seed=settings.seed, data_dir=data_dir,
+        verbose=verbose, overwrite=overwrite,
+    )
+    config = _check_settings(arguments)
+    with RunDirectory(
+        output, "distill", config, outputs=RUN_OUTPUTS, resume=resume,
+        overwrite=overwrite,
+    ) as run:
+        if cache is not None:
+            check_writable(cache)
+        arguments.update(resume=run.resuming, run_id=run.run_id)
+        del arguments["overwrite"]
+        return _distill(**arguments)
+
+
+# What `distill` writes in its output directory (and `overwrite` deletes).
+RUN_OUTPUTS = ("checkpoints", "student", "metrics.json")
+
+
+def _check_settings(arguments):
+    """Checks `distill`'s settings; returns those that identify the run.
+
+    Everything but `epochs` (a resumed run may go on longer), `resume`,
+    `overwrite`, `data_dir` and `verbose` (they change nothing learned).
+    """
+    from keras_apm.distill.recipes import SCHEDULES
+    from keras_apm.teachers import Teacher
+    from keras_apm.utils.hyperparameters import check_number
+
+    def positive_int(name):
+        check_number(arguments[name], f"`{name}`", low=1, integer=True)
+
+    positive_int("epochs")
+    positive_int("batch_size")
+    check_number(arguments["seed"], "`seed`", low=0, integer=True)
+    check_number(
+        arguments["learning_rate"], "`learning_rate`", low=0, low_open=True
+    )
+    if arguments["schedule"] not in SCHEDULES:
         raise ValueError(
-            f"`schedule` must be one of {SCHEDULES}. Received {schedule!r}."
+            f"`schedule` must be one of {SCHEDULES}. Received "
+            f"{arguments['schedule']!r}."
         )
+    levels = arguments["levels"]
+    if isinstance(levels, (list, tuple)):
+        if not levels:
+            raise ValueError("`levels` must not be empty. Received [].")
+        for level in levels:
+            check_number(level, "each of `levels`", integer=True)
+    else:
+        check_number(levels, "`levels`", low=1, integer=True)
+    widths = arguments["trunk_widths"]
+    if widths is not None:
+        if not isinstance(widths, (list, tuple)) or not widths:
+            raise ValueError(
+                "`trunk_widths` must be a non-empty list of ints >= 1. "
+                f"Received {widths!r}."
+            )
+        for width in widths:
+            check_number(width, "each of `trunk_widths`", low=1, integer=True)
+    teacher = arguments["teacher"]
+    if isinstance(teacher, Teacher):
+        from keras_apm.data.feature_cache import teacher_identity
+
+        teacher = teacher_identity(teacher)  # its weights' hash included
+    skip = ("epochs", "resume", "overwrite", "data_dir", "verbose", "output")
+    config = {k: v for k, v in arguments.items() if k not in skip}
+    config["teacher"] = teacher
+    for key in ("dataset", "student", "cache"):
+        if isinstance(config[key], os.PathLike):
+            config[key] = os.fspath(config[key])
+    return config
+
+
+def _distill(
+    teacher, dataset, output, recipe, split, validation_split, student, levels,
+    epochs, batch_size, learning_rate, schedule, trunk_widths, cache, resume,
+    seed, data_dir, verbose, run_id,
+):
+    """`distill` in its claimed output directory."""
+    from keras_apm.distill.checkpoint import DistillCheckpoint
+    from keras_apm.distill.checkpoint import StopOnNonFiniteLoss
+    from keras_apm.distill.distiller import APMDistiller
+    from keras_apm.teachers import Teacher
+
     student_arg = student
     keras.utils.set_random_seed(seed)
     if not isinstance(teacher, Teacher):
@@ -188,7 +274,9 @@ def distill(teacher=None, dataset=None, output=None, recipe="default",
             learning_rate, schedule, epochs * _steps_per_epoch(train)
         )
     )
-    checkpoint = DistillCheckpoint(os.path.join(output, "checkpoints"))
+    checkpoint = DistillCheckpoint(
+        os.path.join(output, "checkpoints"), run_id=run_id
+    )
     initial_epoch = checkpoint.restore(distiller) if resume else 0
     history = {}
     if initial_epoch < epochs:
@@ -197,7 +285,7 @@ def distill(teacher=None, dataset=None, output=None, recipe="default",
             validation_data=validation,
             epochs=epochs,
             initial_epoch=initial_epoch,
-            callbacks=[checkpoint],
+            callbacks=[StopOnNonFiniteLoss(), checkpoint],
             verbose=verbose,
             shuffle=False,  # the pipeline shuffles (tf.data ignores it)
         ).history

@@ -78,6 +78,22 @@ def ttt_dataset(
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def _check_finite_result(result, first_index):
+    """Stops on a diverged adaptation: its predictions would mean nothing."""
+    bad = ~np.isfinite(result["loss"]).all(axis=1)
+    if "global" in result:
+        bad |= ~np.isfinite(result["global"]).all(axis=1)
+    if bad.any():
+        where = np.flatnonzero(bad)
+        raise ValueError(
+            f"Test-time training diverged: the loss or the adapted student's "
+            f"vector is NaN/Inf for {len(where)} of {len(bad)} images of a "
+            f"batch (first: image {first_index + int(where[0])}). Lower the "
+            "learning rate (`learning_rate`, --learning-rate) or the number "
+            "of steps, or check the images for NaN/Inf values."
+        )
+
+
 def evaluate(trainer, dataset, verbose=1, settings=None):
     """Runs test-time training over a dataset of `(images, labels)` batches.
 
@@ -94,6 +110,9 @@ def evaluate(trainer, dataset, verbose=1, settings=None):
         student and the teacher predict the same class), `seconds_per_image`
         (teacher plus adaptation, compilation included), `num_images`,
         `settings`, and `predictions` (one entry per image).
+
+    Raises:
+        ValueError: as soon as an image's adaptation diverges (NaN/Inf).
     """
     num_batches = None
     if hasattr(dataset, "cardinality"):  # tf.data: known for TFDS and folders
@@ -107,6 +126,7 @@ def evaluate(trainer, dataset, verbose=1, settings=None):
     labels, apm, teacher, losses, seconds = [], [], [], [], 0.0
     for step, (images, batch_labels) in enumerate(dataset, start=1):
         result = trainer.adapt(np.asarray(images))
+        _check_finite_result(result, sum(len(x) for x in labels))
         seconds += result["seconds"]
         labels.append(np.asarray(batch_labels))
         apm.append(result["predictions"])

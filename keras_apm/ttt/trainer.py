@@ -121,6 +121,10 @@ class TestTimeTrainer:
                 )
         if init not in INITS:
             raise ValueError(f"`init` must be one of {INITS}. Received {init!r}")
+        if isinstance(learning_rate, (int, float, np.number)):
+            from keras_apm.utils.hyperparameters import check_number
+
+            check_number(learning_rate, "`learning_rate`", low=0, low_open=True)
 
         teacher = load_teacher(teacher)
         if classifier is None:
