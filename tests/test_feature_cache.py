@@ -135,18 +135,17 @@ def test_round_trip(teacher, digits, reference):
     assert not np.array_equal(order, labels)
 
 
-def test_parallel_pieces_and_parts(reference, digits, monkeypatch):
+def test_parallel_reads_and_parts(reference, digits):
     directory, manifest = reference
     labels = digits[1]
     whole = as_arrays(load_feature_cache(directory, num_parallel_reads=1))
     np.testing.assert_array_equal(whole["labels"], labels)
-    # Pieces of 5 examples (not dividing the 32-example shards), read by 3
-    # threads: the same examples in file order.
-    monkeypatch.setattr(feature_cache, "_PIECE", 5)
+    # Batches of 5 (crossing the 32-example shards) read by 3 threads: the
+    # same examples in file order.
     for reads in (1, 3):
-        ds = load_feature_cache(directory, num_parallel_reads=reads)
-        assert int(ds.cardinality()) == NUM_IMAGES
-        got = as_arrays(ds)
+        ds = load_feature_cache(directory, batch_size=5, num_parallel_reads=reads)
+        assert int(ds.cardinality()) == 14
+        got = {k: np.concatenate([b[k].numpy() for b in ds]) for k in whole}
         for key in whole:
             np.testing.assert_array_equal(got[key], whole[key])
     # Per-process parts: 3 disjoint contiguous ranges of 70 // 3 = 23.
@@ -360,6 +359,14 @@ def test_corrupt_shards_are_named(teacher, digits, reference, tmp_path):
         f.truncate(1000)
     with pytest.raises(ValueError, match="shard_00001.bin' has 1000 bytes"):
         load_feature_cache(directory, batch_size=8)
+    # Truncated after the checks, mid-epoch: the error names the shard.
+    shutil.copy(reference[0] / "shard_00001.bin", path)
+    ds = load_feature_cache(directory, batch_size=8)
+    with open(path, "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(Exception, match="shard_00001.bin' ended at byte"):
+        for _ in ds:
+            pass
     # While a cache is being continued every written shard is re-hashed; a
     # corrupt one is rewritten with a warning naming it.
     partial = tmp_path / "partial"

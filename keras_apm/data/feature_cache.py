@@ -9,13 +9,13 @@ teacher (the official recipe: dump the teacher's features once).
 Layout (format version 2). A shard file holds `n` consecutive examples as
 raw little-endian columns, one section per key in `manifest["keys"]`
 order (`images`, `grid`, `global`, `levels` if cached, `labels`), each
-section `n` fixed-size records padded to a multiple of 4 KiB. Nothing in
-the file needs Python to read: `tf.data.FixedLengthRecordDataset` reads a
-section (or any range of its records) with `header_bytes`/`footer_bytes`,
-in parallel threads and without the GIL, and `tf.io.decode_raw` turns a
-batch of records into a tensor; NumPy can `np.memmap` the same bytes.
-(Format version 1, `.npz` shards read by a Python generator, one thread,
-is refused with a message saying how to rebuild.)
+section `n` fixed-size records padded to a multiple of 4 KiB: any run of
+examples of a key is one contiguous byte range. `load_feature_cache`
+reads a batch with one `os.preadv` per key and run, straight into aligned
+arrays that TensorFlow takes without a copy, in `tf.data` threads that do
+not hold the GIL while they copy; NumPy can `np.memmap` the same bytes.
+(Format version 1, `.npz` shards read per shard by a Python generator in
+one thread, is refused with a message saying how to rebuild.)
 
 Resumable: each shard is written to a temporary file and renamed, so a
 shard file either is complete or does not exist; then `manifest.json`
@@ -60,10 +60,10 @@ _OLD_SHARD_RE = re.compile(r"^shard_(\d{5,})\.npz$")  # format version 1
 _KEYS = ("images", "grid", "global", "levels", "labels")
 # Sections start on 4 KiB boundaries (page-aligned for mmap and direct I/O).
 _ALIGN = 4096
-# Examples per reader piece: the unit of shuffling and of parallel reading.
-_PIECE = 64
-# Bytes per read() of a reader: large reads, few system calls.
-_READ_BUFFER = 1 << 22
+# Examples per read when `load_feature_cache` is not asked to batch.
+_READ_BATCH = 64
+# TensorFlow takes a NumPy result without copying it when it is aligned so.
+_TENSOR_ALIGN = 64
 IMAGE_DTYPES = ("uint8", "float32")
 TARGET_DTYPES = ("float16", "float32")
 
@@ -650,30 +650,84 @@ def _listed(valid):
     return [valid[i] for i in sorted(valid)]
 
 
-def _reader_pieces(directory, manifest, lo, hi):
-    """Per-key `(paths, header_bytes, footer_bytes)` of examples [lo, hi).
+def _aligned_empty(shape, dtype):
+    """An uninitialised C-ordered array whose data is 64-byte aligned."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape, dtype=int)) * dtype.itemsize
+    raw = np.empty(size + _TENSOR_ALIGN, np.uint8)
+    start = -raw.ctypes.data % _TENSOR_ALIGN
+    return raw[start : start + size].view(dtype).reshape(shape)
 
-    Pieces hold at most `_PIECE` examples and never cross a shard file.
+
+class _BatchReader:
+    """Reads examples by their index in the cache, a whole batch per call.
+
+    One `os.preadv` per key and run of consecutive examples, straight into
+    the batch's arrays: Python runs once per batch, the copy from the
+    page cache runs without the GIL (so `num_parallel_calls` threads read
+    in parallel), and TensorFlow takes the arrays without copying them. A
+    file that ends early (truncated after the checks of
+    `load_feature_cache`) raises a ValueError naming it.
     """
-    table = {"path": []}
-    for key in manifest["keys"]:
-        table[f"header_{key}"] = []
-        table[f"footer_{key}"] = []
-    begin = 0
-    for entry in manifest["shards"]:
-        num = entry["num_examples"]
-        a, b = max(lo, begin) - begin, min(hi, begin + num) - begin
-        begin += num
-        if a >= b:
-            continue
-        sections, size = _sections(manifest, num)
-        for start in range(a, b, _PIECE):
-            end = min(start + _PIECE, b)
-            table["path"].append(os.path.join(directory, entry["file"]))
-            for key, (offset, record) in sections.items():
-                table[f"header_{key}"].append(offset + start * record)
-                table[f"footer_{key}"].append(size - offset - end * record)
-    return table
+
+    def __init__(self, directory, manifest):
+        shards = manifest["shards"]
+        self.paths = [os.path.join(directory, e["file"]) for e in shards]
+        counts = [e["num_examples"] for e in shards]
+        self.starts = np.cumsum([0] + counts)
+        self.sections = [_sections(manifest, n)[0] for n in counts]
+        self.keys = list(manifest["keys"])
+        self.shapes = {k: tuple(manifest["shapes"][k]) for k in self.keys}
+        self.dtypes = {
+            k: np.dtype(manifest["dtypes"][k]).newbyteorder("<")
+            for k in self.keys
+        }
+
+    def __call__(self, indices):
+        # Sorted: runs of consecutive examples become single reads. (The
+        # order inside a shuffled batch carries no information.)
+        indices = np.sort(np.asarray(indices, np.int64))
+        count = len(indices)
+        out = {
+            k: _aligned_empty((count, *self.shapes[k]), self.dtypes[k])
+            for k in self.keys
+        }
+        shard_ids = np.searchsorted(self.starts, indices, side="right") - 1
+        breaks = np.flatnonzero(
+            (np.diff(indices) != 1) | (np.diff(shard_ids) != 0)
+        )
+        bounds = [0, *(breaks + 1).tolist(), count]
+        files = {}
+        try:
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                shard = int(shard_ids[a])
+                if shard not in files:
+                    files[shard] = os.open(self.paths[shard], os.O_RDONLY)
+                local = int(indices[a] - self.starts[shard])
+                for key in self.keys:
+                    offset, record = self.sections[shard][key]
+                    view = memoryview(out[key][a:b]).cast("B")
+                    self._read(
+                        files[shard], view, offset + local * record, shard
+                    )
+        finally:
+            for fd in files.values():
+                os.close(fd)
+        return [out[k] for k in self.keys]
+
+    def _read(self, fd, view, offset, shard):
+        done = 0
+        while done < len(view):  # Linux reads at most ~2 GiB per call.
+            got = os.preadv(fd, [view[done:]], offset + done)
+            if got == 0:
+                raise ValueError(
+                    f"The cache shard {self.paths[shard]!r} ended at byte "
+                    f"{offset + done}, before the data the manifest lists: "
+                    "it was truncated or replaced after the cache was "
+                    "opened. Delete it and run `cache_teacher_features` "
+                    "again with the same teacher and dataset."
+                )
+            done += got
 
 
 def load_feature_cache(
@@ -695,9 +749,13 @@ def load_feature_cache(
     `"global"`, `"levels"` (if cached) and `"labels"` (int64, -1 when the
     dataset had none): what `APMDistiller` trains on without a teacher.
 
-    The shards are read by `tf.data.FixedLengthRecordDataset` (C++, in
-    `num_parallel_reads` threads, no Python per element) and decoded a
-    whole batch at a time with `tf.io.decode_raw`.
+    Reading: `tf.data` shuffles and batches example *indices*; each batch
+    is then read in one Python call (one `os.preadv` per key and run of
+    consecutive examples, done without the GIL) by `num_parallel_reads`
+    threads, in order. So there is no Python per element, a shuffle is
+    uniform over the whole part at 8 bytes per example, and a shard that
+    ends early fails with its name. Examples inside a shuffled batch come
+    in file order (a batch is a random set; its order carries nothing).
 
     One part per process: with `num_shards=N, index=i` (e.g. the process
     count and this process's id) the dataset holds only the `i`-th of `N`
@@ -711,8 +769,8 @@ def load_feature_cache(
     Args:
         directory: a cache written by `cache_teacher_features`.
         batch_size: if given, batches the elements.
-        shuffle: shuffles the order of pieces of at most 64 examples and
-            then the examples (a shard-sized buffer), anew each epoch.
+        shuffle: shuffles all the examples (of the part), anew each
+            epoch.
         seed: seed of the shuffle.
         teacher: if given, the cache must have been written by this teacher
             (same geometry, preprocessing and weights).
@@ -723,8 +781,8 @@ def load_feature_cache(
             to send to an accelerator; `APMDistiller` casts on the device.
         num_shards: the number of parts to split the cache into (None: one).
         index: which part to read, in `[0, num_shards)`.
-        num_parallel_reads: reader threads (default: the CPU count, at most
-            4). 1 reads one piece at a time.
+        num_parallel_reads: batches read at once, in threads (default:
+            the CPU count, at most 4).
         verify: `"size"` (default) checks that every shard to be read
             exists with the byte size in the manifest (a stat per file);
             `"checksum"` also checks each shard's SHA-256 (reads the whole
@@ -800,7 +858,6 @@ def load_feature_cache(
                 f"few for num_shards={num_shards} parts."
             )
         lo, hi = index * part, (index + 1) * part
-    table = _reader_pieces(directory, manifest, lo, hi)
     begin, entries = 0, []
     for entry in manifest["shards"]:  # only the shards this part reads
         if begin < hi and begin + entry["num_examples"] > lo:
@@ -819,62 +876,31 @@ def load_feature_cache(
             "again with the same teacher and dataset: it rewrites them."
         )
 
-    keys = manifest["keys"]
-    records = {k: _record_bytes(manifest, k) for k in keys}
-    dtypes = {k: tf.as_dtype(manifest["dtypes"][k]) for k in keys}
-    shapes = {k: manifest["shapes"][k] for k in keys}
-
-    def open_piece(piece):
-        return tf.data.Dataset.zip(
-            {
-                k: tf.data.FixedLengthRecordDataset(
-                    piece["path"],
-                    records[k],
-                    header_bytes=piece[f"header_{k}"],
-                    footer_bytes=piece[f"footer_{k}"],
-                    buffer_size=_READ_BUFFER,
-                )
-                for k in keys
-            }
-        )
-
-    ds = tf.data.Dataset.from_tensor_slices(
-        {k: tf.constant(v, tf.string if k == "path" else tf.int64)
-         for k, v in table.items()}
-    )
+    reader = _BatchReader(directory, manifest)
+    keys = reader.keys
+    tf_dtypes = [tf.as_dtype(manifest["dtypes"][k]) for k in keys]
+    # Indices, not examples, go through the shuffle buffer: a uniform
+    # shuffle of the whole part costs 8 bytes per example.
+    ds = tf.data.Dataset.range(lo, hi)
     if shuffle:
-        ds = ds.shuffle(
-            len(table["path"]), seed=seed, reshuffle_each_iteration=True
-        )
-    # Every piece holds at most `_PIECE` examples and is read whole in its
-    # turn, so the parallel interleave keeps the file order.
-    parallel = {"num_parallel_calls": readers, "deterministic": True}
-    ds = ds.interleave(
-        open_piece,
-        cycle_length=readers,
-        block_length=_PIECE,
-        **(parallel if readers > 1 else {}),
+        ds = ds.shuffle(hi - lo, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(
+        batch_size or _READ_BATCH,
+        drop_remainder=bool(drop_remainder and batch_size),
     )
-    # The count is known: batching keeps it, and `fit` needs no counting
-    # pass; a shard shortened after the check above fails the epoch.
-    ds = ds.apply(tf.data.experimental.assert_cardinality(hi - lo))
-    if shuffle:
-        ds = ds.shuffle(
-            manifest["shard_size"], seed=seed, reshuffle_each_iteration=True
-        )
+    batch_dim = batch_size if drop_remainder and batch_size else None
 
-    def decode(element):
+    def read(indices):
+        values = tf.numpy_function(reader, [indices], tf_dtypes, stateful=False)
         out = {}
-        for key in keys:
-            value = tf.io.decode_raw(element[key], dtypes[key])
-            lead = [-1] if batch_size is not None else []
-            value = tf.reshape(value, lead + shapes[key])
+        for key, value in zip(keys, values):
+            value.set_shape([batch_dim, *manifest["shapes"][key]])
             if dtype is not None and key != "labels":
                 value = tf.cast(value, dtype)
             out[key] = value
         return out
 
-    if batch_size is not None:
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(read, num_parallel_calls=readers, deterministic=True)
+    if batch_size is None:
+        ds = ds.unbatch()
     return ds.prefetch(tf.data.AUTOTUNE)
