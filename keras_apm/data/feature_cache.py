@@ -11,9 +11,9 @@ raw little-endian columns, one section per key in `manifest["keys"]`
 order (`images`, `grid`, `global`, `levels` if cached, `labels`), each
 section `n` fixed-size records padded to a multiple of 4 KiB: any run of
 examples of a key is one contiguous byte range. `load_feature_cache`
-reads a batch with one `os.preadv` per key and run, straight into aligned
-arrays that TensorFlow takes without a copy, in `tf.data` threads that do
-not hold the GIL while they copy; NumPy can `np.memmap` the same bytes.
+reads a batch with one `os.preadv` per key and run, straight into the
+batch's tensors, in `tf.data` threads that do not hold the GIL while they
+copy; NumPy can `np.memmap` the same bytes.
 (Format version 1, `.npz` shards read per shard by a Python generator in
 one thread, is refused with a message saying how to rebuild.)
 
@@ -35,6 +35,7 @@ a truncated, missing or swapped file is named before training starts);
 about 1 GB/s per core). Bytes flipped in place after that are not seen.
 """
 
+import ctypes
 import hashlib
 import json
 import os
@@ -62,8 +63,6 @@ _KEYS = ("images", "grid", "global", "levels", "labels")
 _ALIGN = 4096
 # Examples per read when `load_feature_cache` is not asked to batch.
 _READ_BATCH = 64
-# TensorFlow takes a NumPy result without copying it when it is aligned so.
-_TENSOR_ALIGN = 64
 IMAGE_DTYPES = ("uint8", "float32")
 TARGET_DTYPES = ("float16", "float32")
 
@@ -650,24 +649,33 @@ def _listed(valid):
     return [valid[i] for i in sorted(valid)]
 
 
-def _aligned_empty(shape, dtype):
-    """An uninitialised C-ordered array whose data is 64-byte aligned."""
-    dtype = np.dtype(dtype)
-    size = int(np.prod(shape, dtype=int)) * dtype.itemsize
-    raw = np.empty(size + _TENSOR_ALIGN, np.uint8)
-    start = -raw.ctypes.data % _TENSOR_ALIGN
-    return raw[start : start + size].view(dtype).reshape(shape)
+def _empty_tensor(shape, dtype):
+    """An uninitialised TensorFlow tensor and a writable buffer over it.
+
+    The reader fills TensorFlow's own allocation with `os.preadv`, so a
+    batch crosses from the page cache into the tensor in one copy:
+    returning a NumPy array from `numpy_function` instead costs a second
+    copy (TensorFlow copies every array it is given), which halved the
+    read speed in `benchmarks/pipeline.py`. Writing through the pointer is
+    safe here: the tensor was just allocated, nothing else refers to it
+    until the reader returns it, and every byte is written (or the read
+    raises).
+    """
+    tensor = tf.raw_ops.Empty(shape=shape, dtype=dtype, init=False)
+    size = int(np.prod(shape, dtype=int)) * dtype.size
+    address = np.from_dlpack(tensor).ctypes.data
+    return tensor, memoryview((ctypes.c_char * size).from_address(address))
 
 
 class _BatchReader:
     """Reads examples by their index in the cache, a whole batch per call.
 
     One `os.preadv` per key and run of consecutive examples, straight into
-    the batch's arrays: Python runs once per batch, the copy from the
-    page cache runs without the GIL (so `num_parallel_calls` threads read
-    in parallel), and TensorFlow takes the arrays without copying them. A
-    file that ends early (truncated after the checks of
-    `load_feature_cache`) raises a ValueError naming it.
+    the batch's tensors (see `_empty_tensor`): Python runs once per batch
+    (in `tf.py_function`), the copy from the page cache runs without the
+    GIL (so `num_parallel_calls` threads read in parallel). A file that
+    ends early (truncated after the checks of `load_feature_cache`) raises
+    a ValueError naming it.
     """
 
     def __init__(self, directory, manifest):
@@ -678,10 +686,7 @@ class _BatchReader:
         self.sections = [_sections(manifest, n)[0] for n in counts]
         self.keys = list(manifest["keys"])
         self.shapes = {k: tuple(manifest["shapes"][k]) for k in self.keys}
-        self.dtypes = {
-            k: np.dtype(manifest["dtypes"][k]).newbyteorder("<")
-            for k in self.keys
-        }
+        self.dtypes = {k: tf.as_dtype(manifest["dtypes"][k]) for k in self.keys}
 
     def __call__(self, indices):
         # Sorted: runs of consecutive examples become single reads. (The
@@ -689,7 +694,7 @@ class _BatchReader:
         indices = np.sort(np.asarray(indices, np.int64))
         count = len(indices)
         out = {
-            k: _aligned_empty((count, *self.shapes[k]), self.dtypes[k])
+            k: _empty_tensor((count, *self.shapes[k]), self.dtypes[k])
             for k in self.keys
         }
         shard_ids = np.searchsorted(self.starts, indices, side="right") - 1
@@ -706,14 +711,14 @@ class _BatchReader:
                 local = int(indices[a] - self.starts[shard])
                 for key in self.keys:
                     offset, record = self.sections[shard][key]
-                    view = memoryview(out[key][a:b]).cast("B")
+                    view = out[key][1][a * record : b * record]
                     self._read(
                         files[shard], view, offset + local * record, shard
                     )
         finally:
             for fd in files.values():
                 os.close(fd)
-        return [out[k] for k in self.keys]
+        return [out[k][0] for k in self.keys]
 
     def _read(self, fd, view, offset, shard):
         done = 0
@@ -891,7 +896,7 @@ def load_feature_cache(
     batch_dim = batch_size if drop_remainder and batch_size else None
 
     def read(indices):
-        values = tf.numpy_function(reader, [indices], tf_dtypes, stateful=False)
+        values = tf.py_function(reader, [indices], tf_dtypes)
         out = {}
         for key, value in zip(keys, values):
             value.set_shape([batch_dim, *manifest["shapes"][key]])
