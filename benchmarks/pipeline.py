@@ -225,6 +225,14 @@ def main(argv=None):
             if reader != "memmap"
         }
         jobs = memmap_jobs(tmp, manifest, args.batch_size, feature_cache, np)
+        # Both readers deliver the same bytes (checked on the first batch).
+        first = next(iter(datasets[(args.threads[0], "stored")]))
+        views, a, b = jobs[0]
+        for key, view in views.items():
+            if not np.array_equal(
+                first[key].numpy().view(np.uint8), np.asarray(view[a:b]).view(np.uint8)
+            ):
+                raise RuntimeError(f"load_feature_cache and np.memmap differ on {key!r}.")
         times = {}
         for repeat in range(args.repeats):  # Repeats interleaved: noise is shared.
             for threads in args.threads:

@@ -769,7 +769,8 @@ def load_feature_cache(
     last `num_examples % N < N` are left out, so that every process sees the
     same number of batches). Shuffling then stays within the part. Use
     this rather than `Dataset.shard`, which would read every byte in every
-    process.
+    process (with `tf.distribute`, also set the dataset's
+    `AutoShardPolicy.OFF`: its automatic sharding would do the same).
 
     Args:
         directory: a cache written by `cache_teacher_features`.
