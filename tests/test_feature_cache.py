@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import keras
 import keras_hub
@@ -12,6 +13,7 @@ from sklearn.datasets import load_digits
 
 from keras_apm.data import cache_teacher_features
 from keras_apm.data import load_feature_cache
+from keras_apm.data import feature_cache
 from keras_apm.data.feature_cache import read_manifest
 from keras_apm.teachers import Teacher
 
@@ -65,22 +67,23 @@ def write(teacher, ds, directory, **kwargs):
     return cache_teacher_features(teacher, ds, str(directory), **kwargs)
 
 
-def shard_arrays(directory):
-    out = {}
-    for name in sorted(os.listdir(directory)):
-        if name.endswith(".npz"):
-            with np.load(os.path.join(directory, name)) as f:
-                out[name] = {k: f[k] for k in f.files}
-    return out
+def shard_bytes(directory):
+    """`{file: bytes}` of the shard files, and the manifest's shard list."""
+    names = sorted(n for n in os.listdir(directory) if n.startswith("shard_"))
+    files = {n: (directory / n).read_bytes() for n in names}
+    return files, read_manifest(directory)["shards"]
 
 
 def assert_same_shards(a, b):
-    a, b = shard_arrays(a), shard_arrays(b)
-    assert sorted(a) == sorted(b)
-    for name in a:
-        assert sorted(a[name]) == sorted(b[name])
-        for key in a[name]:
-            np.testing.assert_array_equal(a[name][key], b[name][key])
+    assert shard_bytes(a) == shard_bytes(b)
+
+
+def as_arrays(ds):
+    out = {}
+    for element in ds:
+        for key, value in element.items():
+            out.setdefault(key, []).append(value.numpy())
+    return {k: np.stack(v) for k, v in out.items()}
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +105,14 @@ def test_round_trip(teacher, digits, reference):
     assert manifest["shapes"]["levels"] == [2, 4, 4, 16]
     assert sorted(os.listdir(directory)) == [
         "manifest.json",
-        "shard_00000.npz",
-        "shard_00001.npz",
-        "shard_00002.npz",
+        "shard_00000.bin",
+        "shard_00001.bin",
+        "shard_00002.bin",
     ]
+    assert [e["num_examples"] for e in manifest["shards"]] == [32, 32, 6]
+    assert all(len(e["sha256"]) == 64 for e in manifest["shards"])
+    for entry in manifest["shards"]:
+        assert os.path.getsize(directory / entry["file"]) == entry["bytes"]
     # A finished cache is left alone: a second call writes nothing.
     assert write(teacher, labelled(digits), directory) == manifest
 
@@ -128,11 +135,40 @@ def test_round_trip(teacher, digits, reference):
     assert not np.array_equal(order, labels)
 
 
+def test_parallel_reads_and_parts(reference, digits):
+    directory, manifest = reference
+    labels = digits[1]
+    whole = as_arrays(load_feature_cache(directory, num_parallel_reads=1))
+    np.testing.assert_array_equal(whole["labels"], labels)
+    # Batches of 5 (crossing the 32-example shards) read by 3 threads: the
+    # same examples in file order.
+    for reads in (1, 3):
+        ds = load_feature_cache(directory, batch_size=5, num_parallel_reads=reads)
+        assert int(ds.cardinality()) == 14
+        got = {k: np.concatenate([b[k].numpy() for b in ds]) for k in whole}
+        for key in whole:
+            np.testing.assert_array_equal(got[key], whole[key])
+    # Per-process parts: 3 disjoint contiguous ranges of 70 // 3 = 23.
+    parts = []
+    for index in range(3):
+        ds = load_feature_cache(
+            directory, batch_size=10, num_shards=3, index=index
+        )
+        assert int(ds.cardinality()) == 3  # 10 + 10 + 3
+        parts.append(np.concatenate([b["labels"].numpy() for b in ds]))
+    np.testing.assert_array_equal(np.concatenate(parts), labels[:69])
+    shuffled = load_feature_cache(
+        directory, shuffle=True, seed=0, num_shards=3, index=1
+    )
+    got = sorted(int(e["labels"]) for e in shuffled)
+    assert got == sorted(labels[23:46].tolist())
+
+
 def test_resume_after_max_shards(teacher, digits, reference, tmp_path):
     directory = tmp_path / "cache"
     manifest = write(teacher, labelled(digits), directory, max_shards=1)
     assert not manifest["complete"]
-    assert sorted(os.listdir(directory)) == ["manifest.json", "shard_00000.npz"]
+    assert sorted(os.listdir(directory)) == ["manifest.json", "shard_00000.bin"]
     with pytest.raises(ValueError, match="incomplete \\(1 shards"):
         load_feature_cache(directory)
     manifest = write(teacher, labelled(digits), directory, max_shards=1)
@@ -170,9 +206,9 @@ def test_resume_after_crash(teacher, digits, reference, tmp_path):
     # Dies while reading the second shard's examples.
     with pytest.raises(Exception, match="interrupted"):
         write(teacher, _crashing(digits, after=SHARD + 5), directory)
-    assert sorted(os.listdir(directory)) == ["manifest.json", "shard_00000.npz"]
+    assert sorted(os.listdir(directory)) == ["manifest.json", "shard_00000.bin"]
     # A run killed while writing leaves a temporary file (here: garbage).
-    stray = directory / ".tmp-abc.npz"
+    stray = directory / ".tmp-shard_00001.bin-abcd1234.bin"
     stray.write_bytes(b"half a shard")
     assert not read_manifest(directory)["complete"]
     manifest = write(teacher, labelled(digits), directory)
@@ -212,9 +248,14 @@ def test_uint8_images_float16_targets_no_labels(teacher, digits, tmp_path):
         shard_size=8,
     )
     assert manifest["num_shards"] == 3 and not manifest["has_labels"]
-    with np.load(directory / "shard_00000.npz") as shard:
-        assert shard["images"].dtype == np.uint8
-        assert shard["grid"].dtype == np.float16
+    assert manifest["dtypes"] == {
+        "images": "uint8", "grid": "float16", "global": "float16",
+        "levels": "float16", "labels": "int64",
+    }
+    stored = next(iter(load_feature_cache(directory, batch_size=20, dtype=None)))
+    assert stored["images"].dtype == tf.uint8
+    assert stored["grid"].dtype == tf.float16
+    np.testing.assert_array_equal(stored["images"].numpy(), np.round(images))
     batch = next(iter(load_feature_cache(directory, batch_size=20)))
     assert batch["images"].dtype == tf.float32
     np.testing.assert_array_equal(batch["images"].numpy(), np.round(images))
@@ -243,7 +284,7 @@ def test_bad_arguments(teacher, digits, tmp_path):
     # Shards without a manifest: not ours, not overwritten.
     foreign = tmp_path / "foreign"
     foreign.mkdir()
-    (foreign / "shard_00000.npz").write_bytes(b"x")
+    (foreign / "shard_00000.bin").write_bytes(b"x")
     with pytest.raises(ValueError, match="no manifest.json"):
         write(teacher, ds, foreign)
     # A corrupt manifest and a missing shard are named.
@@ -254,8 +295,113 @@ def test_bad_arguments(teacher, digits, tmp_path):
         load_feature_cache(corrupt)
     small = tmp_path / "small"
     write(teacher, ds.take(5), small, shard_size=2)
-    os.remove(small / "shard_00001.npz")
-    with pytest.raises(ValueError, match="lacks \\['shard_00001.npz'\\]"):
+    os.remove(small / "shard_00001.bin")
+    with pytest.raises(ValueError, match="shard_00001.bin' is missing"):
         load_feature_cache(small)
     with open(small / "manifest.json") as f:
         assert json.load(f)["num_shards"] == 3
+    ok = tmp_path / "ok"
+    write(teacher, ds.take(5), ok, shard_size=2)
+    for kwargs, match in [
+        ({"dtype": "float16"}, "dtype"),
+        ({"verify": "nothing"}, "verify"),
+        ({"num_shards": 2}, "both"),
+        ({"num_shards": 2, "index": 2}, "index"),
+        ({"num_shards": 0, "index": 0}, "num_shards"),
+        ({"num_shards": 99, "index": 0}, "too few"),
+        ({"num_parallel_reads": 0}, "num_parallel_reads"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            load_feature_cache(ok, **kwargs)
+
+
+def test_resume_after_a_kill_at_each_step(teacher, digits, reference, tmp_path):
+    """A killed writer leaves one of three states; each resumes exactly."""
+    directory = tmp_path / "cache"
+    write(teacher, labelled(digits), directory, max_shards=2)
+    manifest = read_manifest(directory)
+    # Killed while writing shard 2: only a staged file exists.
+    (directory / ".tmp-shard_00002.bin-0badc0de.bin").write_bytes(b"half")
+    # Killed after renaming shard 1 but before listing it in the manifest:
+    # its checksum is not on record, so it is rewritten, not trusted.
+    (directory / "shard_00001.bin").write_bytes(b"unlisted")
+    feature_cache.write_json(
+        directory / "manifest.json", dict(manifest, shards=manifest["shards"][:1])
+    )
+    manifest = write(teacher, labelled(digits), directory)
+    assert manifest["complete"]
+    assert_same_shards(directory, reference[0])
+    assert manifest["shards"] == reference[1]["shards"]
+
+
+def test_corrupt_shards_are_named(teacher, digits, reference, tmp_path):
+    directory = tmp_path / "cache"
+    shutil.copytree(reference[0], directory)
+    path = directory / "shard_00001.bin"
+    data = bytearray(path.read_bytes())
+    # A flipped byte keeps the size: the stat check passes, the checksum
+    # check names the shard before any batch is read.
+    data[100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    load_feature_cache(directory)
+    with pytest.raises(ValueError, match="shard_00001.bin' does not match its SHA-256"):
+        load_feature_cache(directory, verify="checksum")
+    # A complete cache is only stat-checked when reopened for writing:
+    # deleting the named shard and writing again repairs it.
+    os.remove(path)
+    with pytest.raises(ValueError, match="shard_00001.bin' is missing.*Delete"):
+        load_feature_cache(directory)
+    assert write(teacher, labelled(digits), directory)["complete"]
+    assert_same_shards(directory, reference[0])
+    load_feature_cache(directory, verify="checksum")
+    # Truncated: named at load time by its size.
+    with open(path, "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(ValueError, match="shard_00001.bin' has 1000 bytes"):
+        load_feature_cache(directory, batch_size=8)
+    # Truncated after the checks, mid-epoch: the error names the shard.
+    shutil.copy(reference[0] / "shard_00001.bin", path)
+    ds = load_feature_cache(directory, batch_size=8)
+    with open(path, "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(Exception, match="shard_00001.bin' ended at byte"):
+        for _ in ds:
+            pass
+    # While a cache is being continued every written shard is re-hashed; a
+    # corrupt one is rewritten with a warning naming it.
+    partial = tmp_path / "partial"
+    write(teacher, labelled(digits), partial, max_shards=1)
+    shard = partial / "shard_00000.bin"
+    data = bytearray(shard.read_bytes())
+    data[7] ^= 0x01
+    shard.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="shard_00000.bin' does not match"):
+        write(teacher, labelled(digits), partial)
+    assert_same_shards(partial, reference[0])
+
+
+def test_old_layout_is_refused_with_how_to_rebuild(
+    teacher, digits, reference, tmp_path
+):
+    old = tmp_path / "old"
+    old.mkdir()
+    manifest = dict(read_manifest(reference[0]), format_version=1)
+    for key in ("keys", "dtypes", "shards"):
+        manifest.pop(key)
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with open(old / "shard_00000.npz", "wb") as f:
+        np.savez(f, images=np.zeros((2, 32, 32, 3), "float32"))
+    for call in (
+        lambda: load_feature_cache(old),
+        lambda: write(teacher, labelled(digits), old),
+    ):
+        with pytest.raises(ValueError, match="old layout.*Rebuild it: delete"):
+            call()
+    # Following the message: a rebuilt cache reads back the teacher's
+    # features.
+    shutil.rmtree(old)
+    write(teacher, labelled(digits), old)
+    batch = next(iter(load_feature_cache(old, batch_size=NUM_IMAGES)))
+    np.testing.assert_allclose(
+        batch["grid"].numpy(), np_(teacher(digits[0])["grid"]), atol=1e-4
+    )
