@@ -361,7 +361,9 @@ def test_a_bad_image_converter_file_is_named(saved, checksums):
 def test_an_unreachable_hub_is_named_at_once(monkeypatch):
     import socket
 
-    from keras_hub.src.utils import preset_utils
+    from keras_apm.utils.keras_hub_compat import preset_utils_module
+
+    preset_utils = preset_utils_module()
 
     def unreachable(address, timeout=None, *args):
         raise OSError(101, "Network is unreachable")

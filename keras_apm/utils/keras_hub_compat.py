@@ -67,3 +67,8 @@ check_config_class = _private(_PRESET_UTILS, "check_config_class")
 get_preset_loader = _private(_PRESET_UTILS, "get_preset_loader")
 KerasPresetLoader = _private(_PRESET_UTILS, "KerasPresetLoader")
 in_tf_function = _private("keras_hub.src.utils.tensor_utils", "in_tf_function")
+
+
+def preset_utils_module():
+    """keras-hub's preset module itself, for tests that patch its downloads."""
+    return importlib.import_module(_PRESET_UTILS)
