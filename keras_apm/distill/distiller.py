@@ -473,6 +473,13 @@ class APMDistiller(keras.Model):
     def test_step(self, *args):
         return _step_module().test_step(self, *args)
 
+    def _maybe_symbolic_build(self, *args, **kwargs):
+        # TensorFlow trainer only; see `distribution.build_without_data`.
+        from keras_apm.distill import distribution
+
+        if not distribution.build_without_data(self):
+            super()._maybe_symbolic_build(*args, **kwargs)
+
     # ------------------------------------------------------------------
     # Saving.
 

@@ -10,6 +10,8 @@ Keras backend is TensorFlow.
 import keras
 import tensorflow as tf
 
+from keras_apm.distill import distribution
+
 
 def _batch_size(results):
     return tf.shape(results["outputs"]["features"])[0]
@@ -28,11 +30,13 @@ def train_step(distiller, data):
     weights = distiller.trainable_weights
     grads = tape.gradient(loss, weights)
     distiller.optimizer.apply(grads, weights)
-    return distiller.update_trackers(total, terms, _batch_size(results))
+    logs = distiller.update_trackers(total, terms, _batch_size(results))
+    return distribution.step_logs(logs)
 
 
 def test_step(distiller, data):
     x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
     results = distiller(x, training=False)
     total, terms = distiller.compute_losses(results)
-    return distiller.update_trackers(total, terms, _batch_size(results))
+    logs = distiller.update_trackers(total, terms, _batch_size(results))
+    return distribution.step_logs(logs)
