@@ -76,6 +76,16 @@ def add_parser(subparsers):
         "--resume", action="store_true", help="continue from the newest checkpoint"
     )
     parser.add_argument("--output", required=True, help="output directory")
+    distributed = parser.add_argument_group(
+        "several processes (default: KERAS_DISTRIBUTION_* or TF_CONFIG)"
+    )
+    distributed.add_argument(
+        "--coordinator",
+        help="HOST:PORT of process 0, or every process's, comma-separated "
+        "(TensorFlow needs all); --batch-size is the global batch",
+    )
+    distributed.add_argument("--num-processes", type=int)
+    distributed.add_argument("--process-id", type=int)
     parser.set_defaults(func=run)
 
 
@@ -101,6 +111,9 @@ def run(args):
         resume=args.resume,
         seed=args.seed,
         data_dir=args.data_dir,
+        coordinator=args.coordinator,
+        num_processes=args.num_processes,
+        process_id=args.process_id,
     )
     figures = metrics["validation"] or metrics["train"]
     which = "validation" if metrics["validation"] else "train"

@@ -121,7 +121,9 @@ def resolve(coordinator=None, num_processes=None, process_id=None):
     if num_processes is None:
         # A coordinator alone names the group: one address per process.
         num_processes = len(coordinator.split(",")) if coordinator else 1
-    num_processes = _int_setting(num_processes, "num_processes", 1)
+    num_processes = _int_setting(
+        num_processes, "num_processes` (--num-processes", 1
+    )
     if num_processes == 1:
         return {"addresses": [], "num_processes": 1, "process_id": 0}
     if not coordinator:
@@ -136,16 +138,16 @@ def resolve(coordinator=None, num_processes=None, process_id=None):
             f"(`process_id`, `--process-id`, {PROCESS_ID_ENV} or "
             f"{TF_CONFIG_ENV}). Received none."
         )
-    process_id = _int_setting(process_id, "process_id", 0)
+    process_id = _int_setting(process_id, "process_id` (--process-id", 0)
     if process_id >= num_processes:
         raise ValueError(
-            f"`process_id` must be in [0, {num_processes}) for "
+            f"`process_id` (--process-id) must be in [0, {num_processes}) for "
             f"{num_processes} processes. Received {process_id}."
         )
     addresses = [a.strip() for a in str(coordinator).split(",") if a.strip()]
     if len(addresses) > 1 and len(addresses) != num_processes:
         raise ValueError(
-            f"`coordinator` lists {len(addresses)} addresses for "
+            f"`coordinator` (--coordinator) lists {len(addresses)} addresses for "
             f"{num_processes} processes. Give one address (process 0's) or "
             f"one per process. Received {coordinator!r}."
         )
@@ -194,10 +196,62 @@ class ProcessGroup:
         return self.process_id == 0
 
     def scope(self):
-        """Build models inside: the TF strategy's scope, else a no-op."""
+        """The TF strategy's scope (already global after `initialize`)."""
         if self.strategy is not None:
             return self.strategy.scope()
         return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def local(self):
+        """Models built inside live on this process only (no distribution).
+
+        For work one process does alone, e.g. the chief running the teacher
+        to fill the feature cache: a model spread over all processes would
+        wait for the others in every call.
+        """
+        if self.num_processes == 1:
+            yield
+            return
+        if self.strategy is not None:
+            import tensorflow as tf
+
+            tf.distribute.experimental_set_strategy(None)
+            try:
+                yield
+            finally:
+                tf.distribute.experimental_set_strategy(self.strategy)
+            return
+        distribution = keras.distribution.distribution()
+        keras.distribution.set_distribution(None)
+        try:
+            yield
+        finally:
+            keras.distribution.set_distribution(distribution)
+
+    def barrier(self):
+        """Returns when every process has reached it."""
+        if self.num_processes == 1:
+            return
+        if self.strategy is not None:
+            import tensorflow as tf
+
+            strategy = self.strategy
+            ones = strategy.run(lambda: tf.constant(1.0))
+            strategy.reduce("SUM", ones, axis=None).numpy()
+            return
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("keras_apm")
+
+    @contextlib.contextmanager
+    def chief_first(self):
+        """The chief runs the block first (e.g. preparing data or a cache
+        on a shared disk), then the others."""
+        if not self.is_chief:
+            self.barrier()
+        yield
+        if self.is_chief:
+            self.barrier()
 
     def per_process_batch_size(self, global_batch_size):
         """Each process's share of a global batch (which must divide)."""
@@ -291,7 +345,11 @@ def _initialize_tensorflow(settings):
             "task": {"type": "worker", "index": settings["process_id"]},
         }
     )
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    # Global, like the JAX distribution: models built anywhere after this
+    # (teacher, student, optimizer, restored checkpoints) are mirrored.
+    tf.distribute.experimental_set_strategy(strategy)
+    return strategy
 
 
 def initialize(coordinator=None, num_processes=None, process_id=None):

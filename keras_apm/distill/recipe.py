@@ -7,11 +7,13 @@ first (the official recipe: the teacher runs once), `fit` with a checkpoint
 every epoch, and write the student preset and `metrics.json`.
 """
 
+import contextlib
 import os
 import re
 
 import keras
 
+from keras_apm.distill import distribution
 from keras_apm.utils.files import write_json
 
 
@@ -171,6 +173,9 @@ def distill(
     seed=0,
     data_dir=None,
     verbose="auto",
+    coordinator=None,
+    num_processes=None,
+    process_id=None,
 ):
     """Distills a teacher preset into an APM on a dataset; saves everything.
 
@@ -202,6 +207,10 @@ def distill(
         resume: continue from the newest checkpoint in `output`.
         data_dir: TFDS data directory.
         verbose: `fit`'s verbosity (the progress bar by default).
+        coordinator, num_processes, process_id: a multi-process run's
+            settings (default: the engines' environment variables; see
+            `keras_apm.distill.distribution.initialize`). `batch_size` is
+            the global batch; only process 0 writes files.
 
     Returns:
         The `metrics.json` dict.
@@ -225,12 +234,15 @@ def distill(
             f'`schedule` must be "constant" or "cosine". Received {schedule!r}.'
         )
     student_arg = student
+    group = distribution.initialize(coordinator, num_processes, process_id)
     keras.utils.set_random_seed(seed)
-    if not isinstance(teacher, Teacher):
-        teacher_name = str(teacher)
-        teacher = load_teacher(teacher, levels)
-    else:
-        teacher_name = teacher.name
+    # A cached teacher runs on the chief alone (`group.local`).
+    with group.local() if cache else contextlib.nullcontext():
+        if not isinstance(teacher, Teacher):
+            teacher_name = str(teacher)
+            teacher = load_teacher(teacher, levels)
+        else:
+            teacher_name = teacher.name
     num_levels = teacher.num_levels or 1
     student = build_student(
         teacher, student, num_levels=num_levels, trunk_widths=trunk_widths
@@ -240,17 +252,22 @@ def distill(
         validation_split = "test" if split != "test" else None
         if _split_or_none(dataset, validation_split, data_dir=data_dir) is None:
             validation_split = None
+    per_process = group.per_process_batch_size(batch_size)
     common = dict(
         teacher=teacher, dataset=dataset, image_size=image_size,
-        batch_size=batch_size, cache=cache, seed=seed, data_dir=data_dir,
+        batch_size=per_process, cache=cache, seed=seed, data_dir=data_dir,
         verbose=0 if verbose == 0 else 1,
     )
-    train = _batched_inputs(split=split, shuffle=True, **common)
-    validation = None
-    if validation_split is not None:
-        validation = _batched_inputs(
-            split=validation_split, shuffle=False, **common
-        )
+    with group.chief_first():  # prepares data and cache for the others
+        train = _batched_inputs(split=split, shuffle=True, **common)
+        validation = None
+        if validation_split is not None:
+            validation = _batched_inputs(
+                split=validation_split, shuffle=False, **common
+            )
+    train = group.shard(train, per_process)
+    if validation is not None:
+        validation = group.shard(validation, per_process)
 
     distiller = APMDistiller(student, None if cache else teacher)
     distiller.compile(
@@ -260,6 +277,9 @@ def distill(
     )
     checkpoint = DistillCheckpoint(os.path.join(output, "checkpoints"))
     initial_epoch = checkpoint.restore(distiller) if resume else 0
+    train = group.distribute(train)
+    if validation is not None:
+        validation = group.distribute(validation)
     history = {}
     if initial_epoch < epochs:
         history = distiller.fit(
@@ -267,7 +287,7 @@ def distill(
             validation_data=validation,
             epochs=epochs,
             initial_epoch=initial_epoch,
-            callbacks=[checkpoint],
+            callbacks=[checkpoint] if group.is_chief else [],
             verbose=verbose,
             shuffle=False,  # the pipeline shuffles (tf.data ignores it)
         ).history
@@ -298,6 +318,7 @@ def distill(
             "cache": cache,
             "seed": seed,
             "backend": keras.backend.backend(),
+            "num_processes": group.num_processes,
         },
     }
     metrics["train"] = {k: float(v) for k, v in metrics["train"].items()}
@@ -305,6 +326,7 @@ def distill(
         metrics["validation"] = {
             k: float(v) for k, v in metrics["validation"].items()
         }
-    distiller.save_student(os.path.join(output, "student"))
-    write_json(os.path.join(output, "metrics.json"), metrics)
+    if group.is_chief:  # the others hold the same weights and figures
+        distiller.save_student(os.path.join(output, "student"))
+        write_json(os.path.join(output, "metrics.json"), metrics)
     return metrics
