@@ -335,7 +335,7 @@ def test_settings_from_tf_config_and_flags(monkeypatch):
         (dict(coordinator="h:1", num_processes=2), "process.s id"),
         (dict(coordinator="h:1", num_processes=2, process_id=2), r"\[0, 2\)"),
         (dict(coordinator="h:1,h:2", num_processes=3, process_id=0), "lists 2"),
-        (dict(coordinator="nohost", num_processes=2, process_id=0), "host:port"),
+        (dict(coordinator="host", num_processes=2, process_id=0), "host:port"),
         (dict(coordinator="h:1", num_processes=0), "num_processes"),
     ],
 )

@@ -147,9 +147,9 @@ def resolve(coordinator=None, num_processes=None, process_id=None):
     addresses = [a.strip() for a in str(coordinator).split(",") if a.strip()]
     if len(addresses) > 1 and len(addresses) != num_processes:
         raise ValueError(
-            f"`coordinator` (--coordinator) lists {len(addresses)} addresses for "
-            f"{num_processes} processes. Give one address (process 0's) or "
-            f"one per process. Received {coordinator!r}."
+            f"`coordinator` (--coordinator) lists {len(addresses)} "
+            f"addresses for {num_processes} processes. Give one address "
+            f"(process 0's) or one per process. Received {coordinator!r}."
         )
     for address in addresses:
         host, _, port = address.rpartition(":")

@@ -250,8 +250,11 @@ def distill(
     image_size = tuple(student.image_shape[:2])
     if validation_split == "auto":
         validation_split = "test" if split != "test" else None
-        if _split_or_none(dataset, validation_split, data_dir=data_dir) is None:
-            validation_split = None
+        with group.chief_first():  # may prepare the TFDS data
+            if _split_or_none(
+                dataset, validation_split, data_dir=data_dir
+            ) is None:
+                validation_split = None
     per_process = group.per_process_batch_size(batch_size)
     common = dict(
         teacher=teacher, dataset=dataset, image_size=image_size,
