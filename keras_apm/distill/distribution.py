@@ -237,7 +237,10 @@ class ProcessGroup:
 
             strategy = self.strategy
             ones = strategy.run(lambda: tf.constant(1.0))
-            strategy.reduce("SUM", ones, axis=None).numpy()
+            # An all-reduce over the workers: each has to contribute.
+            total = strategy.reduce("SUM", ones, axis=None).numpy()
+            if round(float(total)) != strategy.num_replicas_in_sync:
+                raise RuntimeError(f"The barrier counted {total} replicas.")
             return
         from jax.experimental import multihost_utils
 
