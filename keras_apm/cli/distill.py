@@ -112,6 +112,20 @@ def add_parser(subparsers):
         help="delete another run's outputs in --output and start over",
     )
     parser.add_argument("--output", required=True, help="output directory")
+    distributed = parser.add_argument_group(
+        "several processes (default: KERAS_DISTRIBUTION_* or TF_CONFIG)"
+    )
+    distributed.add_argument(
+        "--coordinator",
+        help="HOST:PORT of process 0, or every process's, comma-separated "
+        "(TensorFlow needs all); --batch-size is the global batch",
+    )
+    distributed.add_argument(
+        "--num-processes", type=int, help="how many processes the run has"
+    )
+    distributed.add_argument(
+        "--process-id", type=int, help="this process's index (0 writes files)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -150,7 +164,9 @@ def run(args):
     metrics = distill(
         output=args.output, recipe=args.recipe, student=args.student,
         cache=args.cache, resume=args.resume, data_dir=args.data_dir,
-        overwrite=args.overwrite, **overrides,
+        overwrite=args.overwrite, coordinator=args.coordinator,
+        num_processes=args.num_processes, process_id=args.process_id,
+        **overrides,
     )
     figures = metrics["validation"] or metrics["train"]
     which = "validation" if metrics["validation"] else "train"

@@ -178,8 +178,12 @@ class DistillCheckpoint(keras.callbacks.Callback):
                 distiller.image_converter,
             )
             optimizer = distiller.optimizer
+            # Through a tensor: numpy cannot read a scalar mirrored
+            # variable (the step count) under MultiWorkerMirroredStrategy.
             arrays = {
-                f"v{i:05d}": keras.ops.convert_to_numpy(v.value)
+                f"v{i:05d}": keras.ops.convert_to_numpy(
+                    keras.ops.convert_to_tensor(v)
+                )
                 for i, v in enumerate(optimizer.variables)
             }
             paths = [v.path for v in optimizer.variables]

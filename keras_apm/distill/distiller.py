@@ -420,6 +420,25 @@ class APMDistiller(keras.Model):
             tracker.update_state(values[tracker.name], sample_weight=batch_size)
         return backend_module().replica_mean_loss(total)
 
+    def _maybe_symbolic_build(self, *args, **kwargs):
+        # TensorFlow trainer only; see `distribution.build_without_data`.
+        from keras_apm.distill import distribution
+
+        if not distribution.build_without_data(self):
+            super()._maybe_symbolic_build(*args, **kwargs)
+
+    # Keras' own steps; under MultiWorkerMirroredStrategy their scalar logs
+    # need an axis for Keras' cross-worker reduction (`step_logs`).
+    def train_step(self, *args, **kwargs):
+        from keras_apm.distill import distribution
+
+        return distribution.step_logs(super().train_step(*args, **kwargs))
+
+    def test_step(self, *args, **kwargs):
+        from keras_apm.distill import distribution
+
+        return distribution.step_logs(super().test_step(*args, **kwargs))
+
     # ------------------------------------------------------------------
     # Saving.
 

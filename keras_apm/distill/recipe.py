@@ -7,6 +7,7 @@ first (the official recipe: the teacher runs once), `fit` with a checkpoint
 every epoch, and write the student preset and `metrics.json`.
 """
 
+import contextlib
 import os
 import re
 
@@ -15,6 +16,7 @@ import keras
 from keras_apm.models.apm.apm_student import check_student_teacher
 from keras_apm.models.apm.apm_student import load_teacher
 from keras_apm.models.apm.apm_student import resolve_student
+from keras_apm.distill import distribution
 from keras_apm.utils.files import write_json
 
 
@@ -83,7 +85,8 @@ def _final(history, prefix=""):
 
 def distill(teacher=None, dataset=None, output=None, recipe="default",
             student=None, cache=None, resume=False, data_dir=None,
-            verbose="auto", overwrite=False, **overrides):
+            verbose="auto", overwrite=False, coordinator=None,
+            num_processes=None, process_id=None, **overrides):
     """Distills a teacher preset into an APM on a dataset; saves everything.
 
     Writes, under `output`: `checkpoints/` (one per epoch, the newest
@@ -118,6 +121,10 @@ def distill(teacher=None, dataset=None, output=None, recipe="default",
             `DistillRecipe`).
         overwrite: delete another run's outputs in `output` (otherwise
             such a directory is refused) and start fresh.
+        coordinator, num_processes, process_id: a multi-process run's
+            settings (default: the engines' environment variables; see
+            `keras_apm.distill.distribution.initialize`). `batch_size` is
+            the global batch; only process 0 writes files.
 
     Returns:
         The `metrics.json` dict.
@@ -158,15 +165,38 @@ def distill(teacher=None, dataset=None, output=None, recipe="default",
         verbose=verbose, overwrite=overwrite,
     )
     config = _check_settings(arguments)
-    with RunDirectory(
-        output, "distill", config, outputs=RUN_OUTPUTS, resume=resume,
-        overwrite=overwrite,
-    ) as run:
-        if cache is not None:
+    group = distribution.initialize(coordinator, num_processes, process_id)
+    # Only the chief claims (and may clear) the shared output directory;
+    # the others start once it has, and resume exactly when it does.
+    claim = (
+        RunDirectory(
+            output, "distill", config, outputs=RUN_OUTPUTS, resume=resume,
+            overwrite=overwrite,
+        )
+        if group.is_chief
+        else _Joined(resume)
+    )
+    with claim as run:
+        if cache is not None and group.is_chief:
             check_writable(cache)
-        arguments.update(resume=run.resuming, run_id=run.run_id)
+        group.barrier()
+        arguments.update(resume=run.resuming, run_id=run.run_id, group=group)
         del arguments["overwrite"]
         return _distill(**arguments)
+
+
+class _Joined:
+    """A non-chief process's side of the chief's `RunDirectory` claim."""
+
+    def __init__(self, resume):
+        self.resuming = bool(resume)
+        self.run_id = None  # the chief checks that checkpoints are this run's
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 # What `distill` writes in its output directory (and `overwrite` deletes).
@@ -231,7 +261,7 @@ def _check_settings(arguments):
 def _distill(
     teacher, dataset, output, recipe, split, validation_split, student, levels,
     epochs, batch_size, learning_rate, schedule, trunk_widths, cache, resume,
-    seed, data_dir, verbose, run_id,
+    seed, data_dir, verbose, run_id, group,
 ):
     """`distill` in its claimed output directory."""
     from keras_apm.distill.checkpoint import DistillCheckpoint
@@ -241,11 +271,13 @@ def _distill(
 
     student_arg = student
     keras.utils.set_random_seed(seed)
-    if not isinstance(teacher, Teacher):
-        teacher_name = str(teacher)
-        teacher = load_teacher(teacher, levels)
-    else:
-        teacher_name = teacher.name
+    # A cached teacher runs on the chief alone (`group.local`).
+    with group.local() if cache else contextlib.nullcontext():
+        if not isinstance(teacher, Teacher):
+            teacher_name = str(teacher)
+            teacher = load_teacher(teacher, levels)
+        else:
+            teacher_name = teacher.name
     num_levels = teacher.num_levels or 1
     student, _, _ = resolve_student(
         student, teacher, num_levels=num_levels, trunk_widths=trunk_widths
@@ -254,19 +286,27 @@ def _distill(
     image_size = tuple(student.image_shape[:2])
     if validation_split == "auto":
         validation_split = "test" if split != "test" else None
-        if _split_or_none(dataset, validation_split, data_dir=data_dir) is None:
-            validation_split = None
+        with group.chief_first():  # may prepare the TFDS data
+            if _split_or_none(
+                dataset, validation_split, data_dir=data_dir
+            ) is None:
+                validation_split = None
+    per_process = group.per_process_batch_size(batch_size)
     common = dict(
         teacher=teacher, dataset=dataset, image_size=image_size,
-        batch_size=batch_size, cache=cache, seed=seed, data_dir=data_dir,
+        batch_size=per_process, cache=cache, seed=seed, data_dir=data_dir,
         verbose=0 if verbose == 0 else 1,
     )
-    train = _batched_inputs(split=split, shuffle=True, **common)
-    validation = None
-    if validation_split is not None:
-        validation = _batched_inputs(
-            split=validation_split, shuffle=False, **common
-        )
+    with group.chief_first():  # prepares data and cache for the others
+        train = _batched_inputs(split=split, shuffle=True, **common)
+        validation = None
+        if validation_split is not None:
+            validation = _batched_inputs(
+                split=validation_split, shuffle=False, **common
+            )
+    train = group.shard(train, per_process)
+    if validation is not None:
+        validation = group.shard(validation, per_process)
 
     distiller = APMDistiller(student, None if cache else teacher)
     distiller.compile(
@@ -278,6 +318,9 @@ def _distill(
         os.path.join(output, "checkpoints"), run_id=run_id
     )
     initial_epoch = checkpoint.restore(distiller) if resume else 0
+    train = group.distribute(train)
+    if validation is not None:
+        validation = group.distribute(validation)
     history = {}
     if initial_epoch < epochs:
         history = distiller.fit(
@@ -285,7 +328,9 @@ def _distill(
             validation_data=validation,
             epochs=epochs,
             initial_epoch=initial_epoch,
-            callbacks=[StopOnNonFiniteLoss(), checkpoint],
+            # Only the chief writes checkpoints; every process stops on NaN.
+            callbacks=[StopOnNonFiniteLoss()]
+            + ([checkpoint] if group.is_chief else []),
             verbose=verbose,
             shuffle=False,  # the pipeline shuffles (tf.data ignores it)
         ).history
@@ -317,6 +362,7 @@ def _distill(
             "cache": cache,
             "seed": seed,
             "backend": keras.backend.backend(),
+            "num_processes": group.num_processes,
         },
     }
     metrics["train"] = {k: float(v) for k, v in metrics["train"].items()}
@@ -324,6 +370,7 @@ def _distill(
         metrics["validation"] = {
             k: float(v) for k, v in metrics["validation"].items()
         }
-    distiller.save_student(os.path.join(output, "student"))
-    write_json(os.path.join(output, "metrics.json"), metrics)
+    if group.is_chief:  # the others hold the same weights and figures
+        distiller.save_student(os.path.join(output, "student"))
+        write_json(os.path.join(output, "metrics.json"), metrics)
     return metrics
