@@ -9,8 +9,8 @@ outputs = model(images)  # {"features": (B, h, w, D), "rgb": ..., ...}
 """
 
 import importlib
-import os
-import sys
+
+from keras_apm.utils.lazy import in_command
 
 __version__ = "0.1.0"
 
@@ -48,18 +48,7 @@ def __dir__():
     return sorted(set(globals()) | set(_EXPORTS))
 
 
-def _is_cli_process():
-    """True when this process is the `keras-apm` command.
-
-    The console script and `python -m keras_apm` import this package before
-    any of the command's own code runs, so the command is recognised here by
-    its name (`-m` is what `sys.argv[0]` reads while `-m` imports a package).
-    """
-    argv0 = sys.argv[0] if sys.argv else ""
-    return os.path.basename(argv0) == "keras-apm" or argv0 == "-m"
-
-
-if not _is_cli_process():
+if not in_command():
     for _name in _EXPORTS:
         __getattr__(_name)
     del _name

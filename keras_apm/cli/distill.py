@@ -142,7 +142,7 @@ def run(args):
     if isinstance(args.levels, int):  # a count (indices may be negative)
         ranges["levels"] = dict(low=1, integer=True)
     check_flags(args, **ranges)
-    import keras_apm.data  # noqa: F401  (registers sklearn_digits)
+    import keras_apm.data.sklearn_digits  # noqa: F401  (registers the builder)
     from keras_apm.distill.recipe import distill
 
     recipe = RECIPES[args.recipe]

@@ -2,7 +2,7 @@
 
 from keras_apm.cli import _arguments
 from keras_apm.data.corruptions import CORRUPTIONS
-from keras_apm.ttt.batched import LOSSES
+from keras_apm.ttt.recipes import LOSSES
 from keras_apm.ttt.recipes import RECIPES
 
 

@@ -1,8 +1,14 @@
 """Converters from other formats into keras_apm presets."""
 
-from keras_apm.convert.official import OFFICIAL_VARIANTS
-from keras_apm.convert.official import build_official_model
-from keras_apm.convert.official import check_official_state_dict
-from keras_apm.convert.official import convert_official_checkpoint
-from keras_apm.convert.official import load_official_state_dict
-from keras_apm.convert.official import set_official_weights
+from keras_apm.utils.lazy import lazy_exports
+
+_EXPORTS = {
+    "OFFICIAL_VARIANTS": "official",
+    "build_official_model": "official",
+    "check_official_state_dict": "official",
+    "convert_official_checkpoint": "official",
+    "load_official_state_dict": "official",
+    "set_official_weights": "official",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

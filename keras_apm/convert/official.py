@@ -11,8 +11,6 @@ import os
 
 import numpy as np
 
-from keras_apm.models.apm.apm_backbone import APM
-from keras_apm.models.apm.apm_image_converter import APMImageConverter
 from keras_apm.utils.files import atomic_write
 from keras_apm.utils.files import check_writable_dir
 
@@ -226,6 +224,8 @@ def check_official_state_dict(state, variant):
 
 def build_official_model(variant, **kwargs):
     """An APM with the official architecture of `variant` (random weights)."""
+    from keras_apm.models.apm.apm_backbone import APM
+
     config = dict(_check_variant(variant)["config"])
     config.update(kwargs)
     return APM(**config)
@@ -315,6 +315,9 @@ def convert_official_checkpoint(checkpoint, variant, output, overwrite=False):
     ```
     """
     spec = _check_variant(variant)
+    # The input first: a missing checkpoint is the likelier mistake.
+    if not os.path.isfile(checkpoint):
+        raise ValueError(f"Checkpoint {checkpoint!r} does not exist.")
     output = os.path.abspath(output)
     if os.path.exists(output) and not overwrite:
         raise ValueError(
@@ -322,13 +325,15 @@ def convert_official_checkpoint(checkpoint, variant, output, overwrite=False):
             "replace it."
         )
     parent = os.path.dirname(output)
-    if not os.path.isdir(parent):
-        raise ValueError(f"The parent directory of {output!r} does not exist.")
+    # Every command creates its output's missing parents (like `mkdir -p`).
+    os.makedirs(parent, exist_ok=True)
     # Before the checkpoint is read (tens of seconds for the official ones).
     check_writable_dir(parent, f"the parent directory of {output!r}")
     state = load_official_state_dict(checkpoint)
     check_official_state_dict(state, variant)
     model = set_official_weights(build_official_model(variant), state, variant)
+    from keras_apm.models.apm.apm_image_converter import APMImageConverter
+
     config = spec["config"]
     converter = APMImageConverter(
         image_size=config["image_shape"][:2], **spec["converter"]

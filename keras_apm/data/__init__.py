@@ -16,22 +16,17 @@ ds = keras_apm.data.image_dataset("sklearn_digits", split="train",
 ```
 """
 
-from keras_apm.data.feature_cache import cache_teacher_features
-from keras_apm.data.feature_cache import load_feature_cache
-from keras_apm.data.images import IMAGE_EXTENSIONS
-from keras_apm.data.images import image_dataset
-from keras_apm.data.images import list_image_files
-from keras_apm.data.sklearn_digits import SklearnDigits
-from keras_apm.data.sklearn_digits import digits_split_indices
-from keras_apm.data.sklearn_digits import upscale_digits
+from keras_apm.utils.lazy import lazy_exports
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "SklearnDigits",
-    "cache_teacher_features",
-    "digits_split_indices",
-    "image_dataset",
-    "list_image_files",
-    "load_feature_cache",
-    "upscale_digits",
-]
+_EXPORTS = {
+    "cache_teacher_features": "feature_cache",
+    "load_feature_cache": "feature_cache",
+    "IMAGE_EXTENSIONS": "images",
+    "image_dataset": "images",
+    "list_image_files": "images",
+    "SklearnDigits": "sklearn_digits",
+    "digits_split_indices": "sklearn_digits",
+    "upscale_digits": "sklearn_digits",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

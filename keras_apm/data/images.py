@@ -18,6 +18,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+# Registers the offline `sklearn_digits` builder wherever names reach tfds.
+from keras_apm.data import sklearn_digits  # noqa: F401
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 

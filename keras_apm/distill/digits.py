@@ -57,7 +57,7 @@ def distill_digits(output, epochs=None, seed=0, data_dir=None,
     >>> summary["grid_cosine"]
     0.9...
     """
-    import keras_apm.data  # noqa: F401  (registers the TFDS builder)
+    import keras_apm.data.sklearn_digits  # noqa: F401  (registers the builder)
     from keras_apm.distill.recipe import distill
     from keras_apm.distill.recipe import load_teacher
 

@@ -14,11 +14,17 @@ runner.predict(images)["features"]
 ```
 """
 
-from keras_apm.export.apm_export import VARIANTS
-from keras_apm.export.apm_export import export
-from keras_apm.export.apm_export import export_variants
-from keras_apm.export.checks import FORMATS
-from keras_apm.export.checks import QUANTIZATIONS
-from keras_apm.export.checks import SIGNATURES
-from keras_apm.export.runtime import ExportedAPM
-from keras_apm.export.runtime import load
+from keras_apm.utils.lazy import lazy_exports
+
+_EXPORTS = {
+    "VARIANTS": "apm_export",
+    "export": "apm_export",
+    "export_variants": "apm_export",
+    "FORMATS": "checks",
+    "QUANTIZATIONS": "checks",
+    "SIGNATURES": "checks",
+    "ExportedAPM": "runtime",
+    "load": "runtime",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,29 +1,20 @@
 """Test-time training of APM students (`TestTimeTrainer`) and classifiers."""
 
-from keras_apm.ttt.batched import BatchedTTT
-from keras_apm.ttt.classifiers import CLIPZeroShotClassifier
-from keras_apm.ttt.classifiers import Classifier
-from keras_apm.ttt.classifiers import EmbeddingClassifier
-from keras_apm.ttt.classifiers import LinearHeadClassifier
-from keras_apm.ttt.classifiers import classifier_for_teacher
-from keras_apm.ttt.classifiers import clip_text_embeddings
-from keras_apm.ttt.evaluation import evaluate
-from keras_apm.ttt.evaluation import ttt_dataset
-from keras_apm.ttt.recipes import RECIPES
-from keras_apm.ttt.student import initialize_student
-from keras_apm.ttt.trainer import TestTimeTrainer
+from keras_apm.utils.lazy import lazy_exports
 
-__all__ = [
-    "BatchedTTT",
-    "CLIPZeroShotClassifier",
-    "Classifier",
-    "EmbeddingClassifier",
-    "LinearHeadClassifier",
-    "RECIPES",
-    "TestTimeTrainer",
-    "classifier_for_teacher",
-    "clip_text_embeddings",
-    "evaluate",
-    "initialize_student",
-    "ttt_dataset",
-]
+_EXPORTS = {
+    "BatchedTTT": "batched",
+    "CLIPZeroShotClassifier": "classifiers",
+    "Classifier": "classifiers",
+    "EmbeddingClassifier": "classifiers",
+    "LinearHeadClassifier": "classifiers",
+    "classifier_for_teacher": "classifiers",
+    "clip_text_embeddings": "classifiers",
+    "evaluate": "evaluation",
+    "ttt_dataset": "evaluation",
+    "RECIPES": "recipes",
+    "initialize_student": "student",
+    "TestTimeTrainer": "trainer",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

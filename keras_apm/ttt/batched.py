@@ -25,7 +25,7 @@ from keras_apm.distill.losses import cosine_similarity
 from keras_apm.backend import backend_module
 from keras_apm.ttt import recipes
 
-LOSSES = ("mse", "cosine")
+LOSSES = recipes.LOSSES
 
 
 def check_student(model, with_rgb=False):

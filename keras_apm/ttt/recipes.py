@@ -1,26 +1,32 @@
 """Named test-time-training recipes and the optimizers they build."""
 
-import keras
+# Keras is imported inside the functions: the `keras-apm ttt` parser reads
+# RECIPES and LOSSES from here without paying for Keras.
+
+# The global-vector losses of test-time training.
+LOSSES = ("mse", "cosine")
 
 # Optimizers whose update of a weight depends on that weight's gradient and
-# state only. Batched TTT stacks B images' weights into one variable, so only
-# these keep the images independent (LAMB/LARS/Muon use whole-variable norms,
-# Adafactor factors moments over the last two axes).
+# state only (names in `keras.optimizers`). Batched TTT stacks B images'
+# weights into one variable, so only these keep the images independent
+# (LAMB/LARS/Muon use whole-variable norms, Adafactor factors moments over
+# the last two axes).
 ELEMENTWISE_OPTIMIZERS = (
-    keras.optimizers.SGD,
-    keras.optimizers.Adam,
-    keras.optimizers.AdamW,
-    keras.optimizers.Adamax,
-    keras.optimizers.Nadam,
-    keras.optimizers.RMSprop,
-    keras.optimizers.Adagrad,
-    keras.optimizers.Adadelta,
-    keras.optimizers.Lion,
+    "SGD", "Adam", "AdamW", "Adamax", "Nadam", "RMSprop", "Adagrad",
+    "Adadelta", "Lion",
 )
+
+
+def _elementwise_classes():
+    import keras
+
+    return tuple(getattr(keras.optimizers, n) for n in ELEMENTWISE_OPTIMIZERS)
 
 
 def official_learning_rate():
     """The official schedule: 1e-4, x0.1 every 200 steps (torch `StepLR`)."""
+    import keras
+
     return keras.optimizers.schedules.ExponentialDecay(
         1e-4, decay_steps=200, decay_rate=0.1, staircase=True
     )
@@ -77,6 +83,8 @@ def make_optimizer(optimizer, learning_rate=None):
     Example:
     >>> make_optimizer("adam", 1e-3).learning_rate
     """
+    import keras
+
     if isinstance(optimizer, str):
         config = {} if learning_rate is None else {"learning_rate": learning_rate}
         try:
@@ -86,7 +94,7 @@ def make_optimizer(optimizer, learning_rate=None):
         except ValueError:
             raise ValueError(
                 f"Unknown optimizer {optimizer!r}. Expected one of "
-                f"{[c.__name__.lower() for c in ELEMENTWISE_OPTIMIZERS]} or a "
+                f"{[n.lower() for n in ELEMENTWISE_OPTIMIZERS]} or a "
                 "Keras optimizer instance."
             ) from None
     elif isinstance(optimizer, keras.optimizers.Optimizer):
@@ -103,10 +111,10 @@ def make_optimizer(optimizer, learning_rate=None):
 
 def check_elementwise(optimizer):
     """Raises unless `optimizer` updates every weight on its own."""
-    if not isinstance(optimizer, ELEMENTWISE_OPTIMIZERS):
+    if not isinstance(optimizer, _elementwise_classes()):
         raise ValueError(
             "Test-time training needs an element-wise optimizer, one of "
-            f"{[c.__name__ for c in ELEMENTWISE_OPTIMIZERS]}. Received "
+            f"{list(ELEMENTWISE_OPTIMIZERS)}. Received "
             f"{type(optimizer).__name__}."
         )
     config = optimizer.get_config()

@@ -18,29 +18,35 @@ visualize.save_figure(fig, "islands.png")
 ```
 """
 
-from keras_apm.visualize.figures import islands_figure
-from keras_apm.visualize.figures import panel_figure
-from keras_apm.visualize.figures import save_strip
-from keras_apm.visualize.files import figure_to_array
-from keras_apm.visualize.files import save_figure
-from keras_apm.visualize.files import save_gif
-from keras_apm.visualize.files import save_png
-from keras_apm.visualize.images import load_converter
-from keras_apm.visualize.images import load_image
-from keras_apm.visualize.images import prepare_images
-from keras_apm.visualize.images import to_display
-from keras_apm.visualize.interpolate import interpolate
-from keras_apm.visualize.interpolate import interpolation_frames
-from keras_apm.visualize.islands import cluster_palette
-from keras_apm.visualize.islands import island_colors
-from keras_apm.visualize.islands import kmeans_colors
-from keras_apm.visualize.islands import pca_colors
-from keras_apm.visualize.islands import tsne_colors
-from keras_apm.visualize.overfit import overfit
-from keras_apm.visualize.overfit import overfit_frames
-from keras_apm.visualize.overfit import teacher_grids
-from keras_apm.visualize.upsample import bilinear_upsample
-from keras_apm.visualize.upsample import dense_locations
-from keras_apm.visualize.upsample import dense_shape
-from keras_apm.visualize.upsample import evaluate_dense
-from keras_apm.visualize.upsample import upsample_rows
+from keras_apm.utils.lazy import lazy_exports
+
+_EXPORTS = {
+    "islands_figure": "figures",
+    "panel_figure": "figures",
+    "save_strip": "figures",
+    "figure_to_array": "files",
+    "save_figure": "files",
+    "save_gif": "files",
+    "save_png": "files",
+    "load_converter": "images",
+    "load_image": "images",
+    "prepare_images": "images",
+    "to_display": "images",
+    "interpolate": "interpolate",
+    "interpolation_frames": "interpolate",
+    "cluster_palette": "islands",
+    "island_colors": "islands",
+    "kmeans_colors": "islands",
+    "pca_colors": "islands",
+    "tsne_colors": "islands",
+    "overfit": "overfit",
+    "overfit_frames": "overfit",
+    "teacher_grids": "overfit",
+    "bilinear_upsample": "upsample",
+    "dense_locations": "upsample",
+    "dense_shape": "upsample",
+    "evaluate_dense": "upsample",
+    "upsample_rows": "upsample",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -15,7 +15,6 @@ palette (the `keras-apm[examples]` extra), both imported on use.
 
 import numpy as np
 
-from keras_apm.visualize.images import to_numpy
 
 METHODS = ("pca", "tsne", "kmeans")
 
@@ -23,6 +22,8 @@ METHODS = ("pca", "tsne", "kmeans")
 def _as_list(grids, what):
     """A grid or a list of grids -> (list of float32 arrays, was_a_list)."""
     was_list = isinstance(grids, (list, tuple))
+    from keras_apm.visualize.images import to_numpy  # Keras: on use only
+
     arrays = [to_numpy(g) for g in (grids if was_list else [grids])]
     if not arrays:
         raise ValueError(f"Expected at least one grid in `{what}`.")

@@ -1,7 +1,10 @@
-from keras_apm.models.apm import apm_outputs
-from keras_apm.models.apm.apm_backbone import APM
-from keras_apm.models.apm.apm_image_converter import APMImageConverter
-from keras_apm.models.apm.apm_presets import backbone_presets
-from keras_apm.utils.keras_hub_compat import register_presets
+"""The APM backbone, its image converter and presets (keras-hub layout)."""
 
-register_presets(backbone_presets, APM)
+from keras_apm.utils.lazy import lazy_exports
+
+_EXPORTS = {
+    "APM": "apm_backbone",
+    "APMImageConverter": "apm_image_converter",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -13,6 +13,8 @@ from keras_apm.models.apm.apm_outputs import FEATURES
 from keras_apm.models.apm.apm_outputs import GLOBAL
 from keras_apm.models.apm.apm_outputs import LEVELS
 from keras_apm.models.apm.apm_preset_saving import save_preset_staged
+from keras_apm.models.apm.apm_presets import backbone_presets
+from keras_apm.utils.keras_hub_compat import register_presets
 from keras_apm.utils.validation import check_array_like
 from keras_apm.utils.validation import check_finite
 from keras_apm.utils.validation import check_float_dtype
@@ -426,3 +428,8 @@ class APM(Backbone):
             cls, super().from_preset, preset, load_weights, **kwargs
         )
 
+
+
+# Makes the shipped presets (`apm_tiny_digits`) loadable by name wherever
+# `APM` itself is, as keras-hub registers each model's presets.
+register_presets(backbone_presets, APM)

@@ -1,0 +1,65 @@
+"""Package exports that the `keras-apm` command imports only when used.
+
+The command builds its parser from constants that live beside heavy code
+(recipe names, export formats, corruptions, ...). Importing a package whose
+`__init__` loads everything would import Keras, TensorFlow and JAX (7-9 s)
+just to print `--help`. So packages declare their exports with
+`lazy_exports`: outside the command every export is loaded at import time,
+exactly as plain imports would (every Keras-serializable class is registered
+before a `.keras` file is read, the TFDS builder before `tfds.load`); inside
+the command a name's module is imported on first use.
+
+Example:
+```python
+# keras_apm/ttt/__init__.py
+__getattr__, __dir__ = lazy_exports(__name__, {"BatchedTTT": "batched"})
+```
+"""
+
+import importlib
+import os
+import sys
+
+
+def in_command():
+    """True when this process is the `keras-apm` command.
+
+    The console script and `python -m keras_apm` import the package before
+    any of the command's own code runs, so the command is recognised by its
+    name (`-m` is what `sys.argv[0]` reads while `-m` imports a package).
+    """
+    argv0 = sys.argv[0] if sys.argv else ""
+    return os.path.basename(argv0) == "keras-apm" or argv0 == "-m"
+
+
+def lazy_exports(package, exports):
+    """`(__getattr__, __dir__)` for a package exporting `exports`.
+
+    Args:
+        package: the package's `__name__`.
+        exports: dict `{public name: module}`; the module (relative to the
+            package, or a full `keras_apm.` path) defines the name. A name equal to its own
+            submodule's name (`visualize.overfit`, the function) is set on
+            the package after the import, which binds the submodule there.
+    """
+
+    def __getattr__(name):
+        if name not in exports:
+            raise AttributeError(
+                f"module {package!r} has no attribute {name!r}"
+            )
+        target = exports[name]
+        if not target.startswith("keras_apm."):
+            target = f"{package}.{target}"
+        module = importlib.import_module(target)
+        value = getattr(module, name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def __dir__():
+        return sorted(set(vars(sys.modules[package])) | set(exports))
+
+    if not in_command():
+        for name in exports:
+            __getattr__(name)
+    return __getattr__, __dir__
