@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_apm.layers import fused_ops
 from keras_apm.layers.position_encoding import grid_locations
 from keras_apm.layers.position_encoding import sincos_position_encoding_2d
 
@@ -56,13 +57,29 @@ class AttentionPoolHead(keras.layers.Layer):
             name="attention",
         )
         self.attention.build((None, 1, dim), (None, None, dim), (None, None, dim))
+        # The grid's codes are constants: once here, not per call (an eager
+        # backend would recompute them every time).
+        self._codes = None
+        self._codes_cache = {}
+        h, w = features_shape[1], features_shape[2]
+        if h is not None and w is not None:
+            try:
+                self._codes = ops.convert_to_numpy(
+                    sincos_position_encoding_2d(grid_locations((h, w)), dim)
+                )
+            except Exception:  # Built inside a trace: per call instead.
+                self._codes = None
         self.built = True
 
     def call(self, features):
         h, w, dim = features.shape[1], features.shape[2], features.shape[3]
         batch = ops.shape(features)[0]
-        codes = sincos_position_encoding_2d(grid_locations((h, w)), dim)
         keys = ops.reshape(features, (batch, h * w, dim))
+        codes = getattr(self, "_codes", None)
+        if codes is not None and codes.shape == (h * w, dim):
+            codes = fused_ops.constant(codes, keys.dtype, self._codes_cache)
+        else:
+            codes = sincos_position_encoding_2d(grid_locations((h, w)), dim)
         keys = keys + ops.cast(codes, keys.dtype)[None]
         query = ops.cast(self.query, keys.dtype)
         query = ops.broadcast_to(query[None, None, :], (batch, 1, dim))

@@ -3,8 +3,10 @@
 import keras
 from keras import ops
 
+from keras_apm.layers import fused_ops
 from keras_apm.layers.perception_mlp import PerceptionMLP
 from keras_apm.layers.position_encoding import grid_locations
+from keras_apm.layers.position_encoding import sincos_position_encoding_2d
 from keras_apm.layers.query_unfold import QueryUnfold
 
 
@@ -60,17 +62,32 @@ class PerceptionField(keras.layers.Layer):
 
     def build(self, trigger_shape):
         self.mlp.build((None, trigger_shape[-1] + self.position_dim))
+        # The default grid's position codes depend on nothing learned:
+        # computed once here (in NumPy, float32) rather than per call, where
+        # an eager backend (PyTorch) would redo the sines and cosines.
+        self._grid_codes = _numpy_or_none(
+            sincos_position_encoding_2d(
+                grid_locations(self.grid_shape), self.position_dim
+            )
+        )
+        self._grid_codes_cache = {}
         self.built = True
 
-    def _evaluate(self, trigger, locations):
+    def _evaluate(self, trigger, locations, codes=None):
         if self.fast_path:
-            codes = self.unfold.position_codes(locations)
+            if codes is None:
+                codes = self.unfold.position_codes(locations)
             return self.mlp.split_call(trigger, codes)
         return self.mlp(self.unfold(trigger, locations))
 
     def call(self, trigger, locations=None, chunk_size="default"):
+        codes = None
         if locations is None:
             locations = grid_locations(self.grid_shape)
+            if getattr(self, "_grid_codes", None) is not None:
+                codes = fused_ops.constant(
+                    self._grid_codes, self.compute_dtype, self._grid_codes_cache
+                )
         chunk_size = (
             self.chunk_size
             if chunk_size == "default"
@@ -78,10 +95,14 @@ class PerceptionField(keras.layers.Layer):
         )
         num_locations = locations.shape[0]
         if chunk_size is None or num_locations <= chunk_size:
-            return self._evaluate(trigger, locations)
+            return self._evaluate(trigger, locations, codes)
         # The asynchronous evaluation: independent chunks of locations.
         pieces = [
-            self._evaluate(trigger, locations[start : start + chunk_size])
+            self._evaluate(
+                trigger,
+                locations[start : start + chunk_size],
+                None if codes is None else codes[start : start + chunk_size],
+            )
             for start in range(0, num_locations, chunk_size)
         ]
         return {
@@ -124,6 +145,15 @@ class PerceptionField(keras.layers.Layer):
             }
         )
         return config
+
+
+def _numpy_or_none(tensor):
+    """A concrete tensor as a NumPy array; None for a symbolic one (a layer
+    built inside a traced function computes its codes per call instead)."""
+    try:
+        return ops.convert_to_numpy(tensor)
+    except Exception:
+        return None
 
 
 def _check_chunk_size(chunk_size):

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_apm.layers import fused_ops
 from keras_apm.layers.initializers import fresh_initializer
 
 
@@ -118,11 +119,22 @@ class PerceptionMLP(keras.layers.Layer):
             shape = (None, layer.units)
         self.built = True
 
+    def _dense(self, layer, x):
+        # `layer(x)` through `fused_ops`: one fused kernel per layer where
+        # the backend has one (see fused_ops), the same numbers otherwise.
+        return fused_ops.dense(
+            x,
+            ops.cast(layer.kernel, self.compute_dtype),
+            ops.cast(layer.bias, self.compute_dtype),
+            layer.activation,
+        )
+
     def _heads(self, hidden, queries_or_parts):
-        features = self.feature_head(hidden)
+        features = self._dense(self.feature_head, hidden)
         outputs = {"features": features}
         if self.level_heads:
-            levels = [head(hidden) for head in self.level_heads] + [features]
+            levels = [self._dense(head, hidden) for head in self.level_heads]
+            levels = levels + [features]
             # (..., L, D): the level axis sits just before the channels.
             outputs["levels"] = ops.stack(levels, axis=-2)
         if self.rgb_head:
@@ -136,25 +148,30 @@ class PerceptionMLP(keras.layers.Layer):
             kernel = ops.cast(first.kernel, self.compute_dtype)
             d, n = self.feature_dim, ops.shape(trigger)[-1]
             bias = ops.cast(first.bias, self.compute_dtype)
-            per_image = ops.matmul(trigger, kernel[d : d + n]) + bias
-            per_location = ops.matmul(codes, kernel[d + n :])
-            x = (
-                ops.matmul(features, kernel[:d])
-                + per_image[:, None, :]
-                + per_location[None]
+            per_image = fused_ops.dense(trigger, kernel[d : d + n], bias)
+            per_location = fused_ops.dense(codes, kernel[d + n :])
+            x = fused_ops.add_activation(
+                [
+                    fused_ops.dense(features, kernel[:d]),
+                    per_image[:, None, :],
+                    per_location[None],
+                ],
+                first.activation,
             )
-            x = first.activation(x)
         else:
-            x = first(ops.concatenate([features, queries_or_parts], axis=-1))
+            x = self._dense(
+                first, ops.concatenate([features, queries_or_parts], axis=-1)
+            )
         for layer in self.rgb_layers[1:]:
-            x = layer(x)
+            x = self._dense(layer, x)
         return x
 
     def call(self, queries):
         """Direct form: `(..., n + d)` queries -> dict of `(..., ·)`."""
+        queries = ops.cast(queries, self.compute_dtype)
         x = queries
         for layer in self.trunk:
-            x = layer(x)
+            x = self._dense(layer, x)
         return self._heads(x, queries)
 
     def split_call(self, trigger, codes):
@@ -168,11 +185,13 @@ class PerceptionMLP(keras.layers.Layer):
         kernel = ops.cast(first.kernel, self.compute_dtype)
         n = ops.shape(trigger)[-1]
         bias = ops.cast(first.bias, self.compute_dtype)
-        per_image = ops.matmul(trigger, kernel[:n]) + bias  # (B, w1)
-        per_location = ops.matmul(codes, kernel[n:])  # (L, w1)
-        x = first.activation(per_image[:, None, :] + per_location[None])
+        per_image = fused_ops.dense(trigger, kernel[:n], bias)  # (B, w1)
+        per_location = fused_ops.dense(codes, kernel[n:])  # (L, w1)
+        x = fused_ops.add_activation(
+            [per_image[:, None, :], per_location[None]], first.activation
+        )
         for layer in self.trunk[1:]:
-            x = layer(x)
+            x = self._dense(layer, x)
         return self._heads(x, (trigger, codes))
 
     def get_config(self):
