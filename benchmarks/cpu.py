@@ -70,7 +70,8 @@ def parse_args(argv=None):
     parser.add_argument("--what", nargs="+", choices=WHATS, default=list(WHATS))
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=None,
-                        help="timed calls per worker and measurement (default 5; smoke 2)")
+                        help="timed calls per worker and measurement "
+                        "(default 5; smoke 2)")
     parser.add_argument("--warmup", type=int, default=1,
                         help="untimed calls first (compiles, first-touch memory)")
     parser.add_argument("--pause", type=float, default=None,
@@ -355,19 +356,19 @@ def run_model(name, args, remotes, emit):
             record.update({
                 **info,
                 "setup_s": infos[kind]["setup_s"],
-                "seconds": [round(t, 4) for t in seconds],
-                "median_seconds": round(mid, 4),
+                "seconds": [round(t, 6) for t in seconds],
+                "median_seconds": round(mid, 6),
                 "images_per_s": round(args.batch_size / mid, 4),
-                "cpu_seconds_median": round(median(cpu), 4),
+                "cpu_seconds_median": round(median(cpu), 6),
                 "model_gflops_per_s": round(
                     args.batch_size * info["flops_per_image"] / mid / 1e9, 2
                 ),
                 "loop_s": loop_s,
             })
             if kind != BASELINE and base_median:
-                record["ratio_to_torch_baseline"] = round(base_median / mid, 3)
+                record["ratio_to_torch_baseline"] = round(base_median / mid, 4)
                 record["cpu_ratio_to_torch_baseline"] = round(
-                    base_cpu / median(cpu), 3
+                    base_cpu / median(cpu), 4
                 )
             emit(record)
 

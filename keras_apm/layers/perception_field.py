@@ -83,24 +83,25 @@ class PerceptionField(keras.layers.Layer):
     def call(self, trigger, locations=None, chunk_size="default"):
         codes = None
         if locations is None:
-            locations = grid_locations(self.grid_shape)
-            if getattr(self, "_grid_codes", None) is not None:
+            if self.fast_path and getattr(self, "_grid_codes", None) is not None:
                 codes = fused_ops.constant(
                     self._grid_codes, self.compute_dtype, self._grid_codes_cache
                 )
+            else:
+                locations = grid_locations(self.grid_shape)
         chunk_size = (
             self.chunk_size
             if chunk_size == "default"
             else _check_chunk_size(chunk_size)
         )
-        num_locations = locations.shape[0]
+        num_locations = (codes if locations is None else locations).shape[0]
         if chunk_size is None or num_locations <= chunk_size:
             return self._evaluate(trigger, locations, codes)
         # The asynchronous evaluation: independent chunks of locations.
         pieces = [
             self._evaluate(
                 trigger,
-                locations[start : start + chunk_size],
+                None if locations is None else locations[start : start + chunk_size],
                 None if codes is None else codes[start : start + chunk_size],
             )
             for start in range(0, num_locations, chunk_size)
