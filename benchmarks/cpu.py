@@ -279,6 +279,11 @@ class Remote:
         self.proc.wait(timeout=60)
 
 
+def progress(message):
+    stamp = time.strftime("%H:%M:%S")
+    print(f"[cpu.py {stamp}] {message}", file=sys.stderr, flush=True)
+
+
 def median(values):
     values = sorted(values)
     mid = len(values) // 2
@@ -314,6 +319,7 @@ def run_model(name, args, remotes, emit):
     kinds = list(remotes)
     infos, failed = {}, {}
     for kind in kinds:  # Builds one at a time: the machine is small.
+        progress(f"{name}: building and warming up on {kind}")
         answer = remotes[kind].ask(cmd="setup", model=name)
         if "error" in answer:
             failed[kind] = answer["error"]
@@ -322,6 +328,7 @@ def run_model(name, args, remotes, emit):
     times = {(k, w): [] for k in kinds for w in args.what}
     started = time.perf_counter()
     for repeat in range(args.repeats):
+        progress(f"{name}: repeat {repeat + 1} of {args.repeats}")
         for what in args.what:
             live = [k for k in kinds if k not in failed]
             shift = repeat % max(len(live), 1)
