@@ -79,6 +79,8 @@ def parse_args(argv=None):
     parser.add_argument("--output", default=None,
                         help="append the JSON lines to this file too")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--table", metavar="JSONL", default=None,
+                        help="print the Markdown table of a results file and exit")
     parser.add_argument("--worker", choices=BACKENDS + (BASELINE,),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -279,6 +281,33 @@ class Remote:
         self.proc.wait(timeout=60)
 
 
+def markdown_table(path):
+    """Images/s and ratios to the baseline of the last run in `path`."""
+    with open(path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    last = max(r["started"] for r in records)
+    records = [r for r in records if r["started"] == last and "error" not in r]
+    rows = [
+        "| model | measurement | plain PyTorch | TensorFlow | JAX | PyTorch backend |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in MODELS:
+        for what in WHATS:
+            mine = {r["backend"]: r for r in records
+                    if r["model"] == name and r["what"] == what}
+            base = [r for r in mine.values() if r["baseline"]]
+            if not base:
+                continue
+            cells = [f"{base[0]['images_per_s']:.3g} images/s"]
+            for backend in BACKENDS:
+                r = mine.get(backend)
+                cells.append("-" if r is None else (
+                    f"{r['images_per_s']:.3g} ({r['ratio_to_torch_baseline']:.2f}x)"
+                ))
+            rows.append(f"| {name} | {what} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + f"\n\n(run of {last}, `{os.path.basename(path)}`)"
+
+
 def progress(message):
     stamp = time.strftime("%H:%M:%S")
     print(f"[cpu.py {stamp}] {message}", file=sys.stderr, flush=True)
@@ -294,6 +323,9 @@ def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         worker_main(args)
+        return
+    if args.table:
+        print(markdown_table(args.table))
         return
     emit = gpu.Emitter(args.output, {
         "benchmark": "cpu",
