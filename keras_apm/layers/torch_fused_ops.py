@@ -54,6 +54,41 @@ def _onednn_linear():
 
 
 _LINEAR_POINTWISE = _onednn_linear()
+# With autograd recording: oneDNN forward and backward (`_OneDNNDense`).
+ONEDNN_BACKWARD = True
+
+
+class _OneDNNDense(torch.autograd.Function):
+    """`activation(x @ kernel + bias)` with oneDNN kernels both ways: the
+    forward as above, the input gradient `g @ kernel^T` and the kernel
+    gradient `x^T @ g` as oneDNN products too (strided views, no copies
+    of the weights)."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, bias, relu):
+        y = _LINEAR_POINTWISE(x, kernel.t(), bias, "relu" if relu else "none", [], "")
+        ctx.relu = relu
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x, kernel, y if relu else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, kernel, y = ctx.saved_tensors
+        if ctx.relu:
+            grad = grad * (y > 0)
+        grad_x = grad_kernel = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _LINEAR_POINTWISE(grad, kernel, None, "none", [], "")
+        flat_grad = grad.reshape(-1, grad.shape[-1])
+        if ctx.needs_input_grad[1]:
+            flat_x = x.reshape(-1, x.shape[-1])
+            grad_kernel = _LINEAR_POINTWISE(
+                flat_x.t(), flat_grad.t(), None, "none", [], ""
+            )
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = flat_grad.sum(0)
+        return grad_x, grad_kernel, grad_bias, None
 
 
 def dense(x, kernel, bias, activation):
@@ -67,15 +102,17 @@ def dense(x, kernel, bias, activation):
     relu = _is_relu(activation)
     grad = _records_grad(x, kernel, bias)
     if (
-        not grad
-        and _LINEAR_POINTWISE is not None
+        _LINEAR_POINTWISE is not None
         and x.device.type == "cpu"
         and x.dtype in _ONEDNN_DTYPES
     ):
-        # `kernel.t()` is the (out, in) weight `linear` expects (a view).
-        return _LINEAR_POINTWISE(
-            x, kernel.t(), bias, "relu" if relu else "none", [], ""
-        )
+        if grad and ONEDNN_BACKWARD:
+            return _OneDNNDense.apply(x, kernel, bias, relu)
+        if not grad:
+            # `kernel.t()` is the (out, in) weight `linear` expects (a view).
+            return _LINEAR_POINTWISE(
+                x, kernel.t(), bias, "relu" if relu else "none", [], ""
+            )
     y = F.linear(x, kernel.t(), bias)
     if relu:
         y = F.relu(y) if grad else y.relu_()
