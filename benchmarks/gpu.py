@@ -253,6 +253,19 @@ class Device:
             self.backend_version = jax.__version__
             precision = jax.config.jax_default_matmul_precision
             self.fp32_matmul = "xla_default" if precision is None else str(precision)
+        elif backend == "tensorflow":  # benchmarks/cpu.py only.
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            self.cuda = False
+            self.name = "gpu" if gpus else "cpu"
+            self.platform = "gpu" if gpus else "cpu"
+            self.backend_version = tf.__version__
+            self.fp32_matmul = (
+                "tf32"
+                if tf.config.experimental.tensor_float_32_execution_enabled()
+                else "highest"
+            )
         else:
             import torch
 
@@ -531,9 +544,14 @@ def build_clip_teacher(dtype, smoke, projection_dim, seed):
 # Measurements. Each returns a dict of fields (or a list of them).
 
 
-def measure_baseline(model, dtype, args, device, training):
+def build_baseline(s, grid_shape, dtype, batch_size, seed, smoke, training):
     """Plain PyTorch: the same MLP as one nn.Linear stack, whole grid in one
-    call, queries [T ; PE] per location, no chunk loop."""
+    call, queries [T ; PE] per location, no chunk loop.
+
+    `s` is `mlp_shape(model)`. Returns `(step, sync, info)`: `step()` runs
+    one forward (under `no_grad`) or one training step (MSE on both heads,
+    `torch.optim.Adam`), `sync()` waits for the device, `info` describes it.
+    """
     import numpy as np
     import torch
     from keras import ops
@@ -541,12 +559,9 @@ def measure_baseline(model, dtype, args, device, training):
     from keras_apm.layers.position_encoding import grid_locations
     from keras_apm.layers.position_encoding import sincos_position_encoding_2d
 
-    if device.platform == "gpu" and not torch.cuda.is_available():
-        return {"skipped": "the Keras backend runs on a GPU but torch has no CUDA"}
     where = "cuda" if torch.cuda.is_available() else "cpu"
-    bf16 = dtype == "mixed_bfloat16" and not (args.smoke and where == "cpu")
-    s = mlp_shape(model)
-    torch.manual_seed(args.seed)
+    bf16 = dtype == "mixed_bfloat16" and not (smoke and where == "cpu")
+    torch.manual_seed(seed)
     nn = torch.nn
     layers, width = [], s["n"] + s["d"]
     for out in s["widths"]:  # The APM trunk: Dense + ReLU.
@@ -563,9 +578,9 @@ def measure_baseline(model, dtype, args, device, training):
         rgb = nn.Sequential(*layers)
     modules = nn.ModuleList([m for m in (trunk, head, rgb) if m is not None]).to(where)
 
-    b, locations = args.batch_size, s["locations"]
+    b, locations = batch_size, s["locations"]
     codes = ops.convert_to_numpy(
-        sincos_position_encoding_2d(grid_locations(model.grid_shape), s["d"])
+        sincos_position_encoding_2d(grid_locations(grid_shape), s["d"])
     )
     codes = torch.from_numpy(np.asarray(codes, "float32")).to(where)
     trigger = torch.randn(b, s["n"], device=where)
@@ -607,6 +622,29 @@ def measure_baseline(model, dtype, args, device, training):
         if where == "cuda":
             torch.cuda.synchronize()
 
+    info = {
+        "method": "torch_nn_linear_stack",
+        "baseline_device": torch.cuda.get_device_name() if where == "cuda" else "cpu",
+        "baseline_precision": "bf16_autocast" if bf16 else "float32",
+        "baseline_fp32_matmul_precision": torch.get_float32_matmul_precision(),
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+    return step, sync, info
+
+
+def measure_baseline(model, dtype, args, device, training):
+    """Times `build_baseline` for `model` (`iters` calls after `warmup`)."""
+    import torch
+
+    if device.platform == "gpu" and not torch.cuda.is_available():
+        return {"skipped": "the Keras backend runs on a GPU but torch has no CUDA"}
+    s = mlp_shape(model)
+    b = args.batch_size
+    step, sync, info = build_baseline(
+        s, model.grid_shape, dtype, b, args.seed, args.smoke, training
+    )
+    where = "cuda" if torch.cuda.is_available() else "cpu"
     for _ in range(args.warmup):
         step()
         sync()
@@ -619,29 +657,62 @@ def measure_baseline(model, dtype, args, device, training):
     seconds = (time.perf_counter() - start) / args.iters
     peak = torch.cuda.max_memory_allocated() if where == "cuda" else None
     images_per_s = b / seconds
-    flops = forward_flops(s, b)
-    flops = (flops[0] * (3 if training else 1),) * 2  # Direct form: all executed.
     result = {
-        "method": "torch_nn_linear_stack",
-        "baseline_device": torch.cuda.get_device_name() if where == "cuda" else "cpu",
-        "baseline_precision": "bf16_autocast" if bf16 else "float32",
-        "baseline_fp32_matmul_precision": torch.get_float32_matmul_precision(),
-        "torch_version": torch.__version__,
+        **info,
         "batch_size": b,
         "iters": args.iters,
         "seconds_per_iter": seconds,
         "images_per_s": images_per_s,
-        **throughput(images_per_s, flops),
+        **throughput(images_per_s, baseline_flops(s, b, training)),
         "peak_memory_bytes": peak,
         "peak_memory_scope": "measurement" if peak is not None else None,
     }
-    del modules, trunk, head, rgb, queries
-    if training:
-        del optimizer
+    del step
     gc.collect()
     if where == "cuda":
         torch.cuda.empty_cache()
     return result
+
+
+def baseline_flops(s, batch_size, training):
+    """The baseline's `(model, executed)` FLOPs per image: the direct form
+    executes all of them."""
+    flops = forward_flops(s, batch_size)[0] * (3 if training else 1)
+    return (flops, flops)
+
+
+def inference_step(model, x, backend):
+    """`(step, method)`: one device-resident forward of `model` on `x`.
+
+    JAX: `jax.jit` of `model.stateless_call`; PyTorch: `model(x)` under
+    `torch.no_grad()`; TensorFlow: `tf.function` of `model(x)` (no XLA: what
+    Keras' own predict step uses on a CPU-only machine). `step()` returns
+    what to wait for.
+    """
+    if backend == "jax":
+        import jax
+
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+
+        @jax.jit
+        def forward(trainable, non_trainable, x):
+            outputs, _ = model.stateless_call(trainable, non_trainable, x)
+            return outputs
+
+        return (lambda: forward(trainable, non_trainable, x)), "stateless_call_jit"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        forward = tf.function(lambda x: model(x, training=False), jit_compile=False)
+        return (lambda: forward(x)), "tf_function"
+    import torch
+
+    def step():
+        with torch.no_grad():
+            return model(x)
+
+    return step, "model_call"
 
 
 def measure_inference(model, args, device):
@@ -655,33 +726,8 @@ def measure_inference(model, args, device):
     x = ops.convert_to_tensor(host)  # On the backend's default device.
     flops = forward_flops(mlp_shape(model), args.batch_size)
     results = []
-    if device.backend == "jax":
-        import jax
-
-        trainable = [v.value for v in model.trainable_variables]
-        non_trainable = [v.value for v in model.non_trainable_variables]
-
-        @jax.jit
-        def forward(trainable, non_trainable, x):
-            outputs, _ = model.stateless_call(trainable, non_trainable, x)
-            return outputs
-
-        seconds = timed(
-            lambda: forward(trainable, non_trainable, x),
-            args.iters,
-            args.warmup,
-            device,
-        )
-        method = "stateless_call_jit"
-    else:
-        import torch
-
-        def step():
-            with torch.no_grad():
-                return model(x)
-
-        seconds = timed(step, args.iters, args.warmup, device)
-        method = "model_call"
+    step, method = inference_step(model, x, device.backend)
+    seconds = timed(step, args.iters, args.warmup, device)
     images_per_s = args.batch_size / seconds
     results.append({
         "method": method,
@@ -705,6 +751,62 @@ def measure_inference(model, args, device):
         "peak_memory_bytes": device.peak_memory(),
     })
     return results
+
+
+def train_function_step(distiller, batch, backend):
+    """`(step, finish)`: one call of the train function Keras builds for
+    `distiller` (`make_train_function()`), on `batch` (device arrays).
+
+    JAX: the jitted stateless `train_step` taking and returning the whole
+    state (weights, optimizer, metrics), as `fit` calls it; `finish()` hands
+    the last state back to the variables (the step donates its input).
+    TensorFlow: the `tf.function` step on a `tf.data` iterator (no XLA on a
+    CPU-only machine, Keras' default). PyTorch: the eager `train_step`.
+    Neither reads the logs back to the host.
+    """
+    if not distiller.optimizer.built:  # `fit` builds it first too.
+        distiller.optimizer.build(distiller.trainable_variables)
+    distiller.make_train_function()
+    data = (batch, None, None)
+    if backend == "jax":
+        import jax.numpy as jnp
+
+        # Copies: the step donates its input state, and the variables'
+        # own buffers may be in use elsewhere (a jitted inference step).
+        state = [
+            tuple(
+                [jnp.array(v.value, copy=True) for v in variables]
+                for variables in (
+                    distiller.trainable_variables,
+                    distiller.non_trainable_variables,
+                    distiller.optimizer.variables,
+                    distiller.metrics_variables,
+                )
+            )
+        ]
+
+        def step():
+            logs, state[0] = distiller.train_function(state[0], iter((data,)))
+            return logs
+
+        def finish():
+            trainable, non_trainable, optimizer_vars, metrics_vars = state[0]
+            for variables, values in (
+                (distiller.trainable_variables, trainable),
+                (distiller.non_trainable_variables, non_trainable),
+                (distiller.optimizer.variables, optimizer_vars),
+                (distiller.metrics_variables, metrics_vars),
+            ):
+                for variable, value in zip(variables, values):
+                    variable.assign(value)
+
+        return step, finish
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        iterator = iter(tf.data.Dataset.from_tensors(data).repeat())
+        return (lambda: distiller.train_function(iterator)), (lambda: None)
+    return (lambda: distiller.train_function([data])), (lambda: None)
 
 
 def measure_training(model, args, device):
@@ -741,41 +843,10 @@ def measure_training(model, args, device):
         "peak_memory_bytes": device.peak_memory(),
     })
 
-    # 2. The train function Keras built (the real distiller step): JAX, the
-    # jitted stateless `train_step` taking and returning the whole state
-    # (weights, optimizer, metrics), called on an iterator of device arrays,
-    # as `fit` calls it; PyTorch, the eager `train_step` without the log read.
-    distiller.make_train_function()
-    data = (batch, None, None)
-    if device.backend == "jax":
-        state = [
-            (
-                [v.value for v in distiller.trainable_variables],
-                [v.value for v in distiller.non_trainable_variables],
-                [v.value for v in distiller.optimizer.variables],
-                [v.value for v in distiller.metrics_variables],
-            )
-        ]
-
-        def step():
-            logs, state[0] = distiller.train_function(state[0], iter((data,)))
-            return logs
-
-        seconds = timed(step, args.iters, args.warmup, device)
-        # The step donates its input state: hand the final one back.
-        trainable, non_trainable, optimizer_vars, metrics_vars = state[0]
-        for variables, values in (
-            (distiller.trainable_variables, trainable),
-            (distiller.non_trainable_variables, non_trainable),
-            (distiller.optimizer.variables, optimizer_vars),
-            (distiller.metrics_variables, metrics_vars),
-        ):
-            for variable, value in zip(variables, values):
-                variable.assign(value)
-    else:
-        seconds = timed(
-            lambda: distiller.train_function([data]), args.iters, args.warmup, device
-        )
+    # 2. The train function Keras built (the real distiller step).
+    step, finish = train_function_step(distiller, batch, device.backend)
+    seconds = timed(step, args.iters, args.warmup, device)
+    finish()
     images_per_s = args.batch_size / seconds
     results.append({
         "method": "train_function",

@@ -1,4 +1,5 @@
-"""`benchmarks/gpu.py --smoke` runs every measurement path on a CPU.
+"""`benchmarks/gpu.py --smoke` runs every measurement path on a CPU, and
+`benchmarks/cpu.py --smoke` runs its worker protocol for the current backend.
 
 The GPU figures come from a lent GPU machine (see CONTRIBUTING.md); here
 the script runs tiny configs in a subprocess under the current backend,
@@ -85,3 +86,49 @@ def test_refuses_tensorflow_backend():
     assert proc.returncode != 0
     assert "jax and torch" in proc.stderr
     assert proc.stdout == ""
+
+
+CPU_SCRIPT = os.path.join(os.path.dirname(SCRIPT), "cpu.py")
+
+
+def test_cpu_smoke_run_compares_with_the_baseline(tmp_path):
+    """`benchmarks/cpu.py --smoke` for the current backend: a baseline and a
+    backend worker, interleaved repeats, one JSON line per measurement."""
+    backend = keras.backend.backend()
+    output = tmp_path / "cpu.jsonl"
+    proc = subprocess.run(
+        [
+            sys.executable, CPU_SCRIPT, "--smoke", "--models", "ttt",
+            "--backends", backend, "--repeats", "3", "--output", str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    records = [json.loads(line) for line in lines]
+    assert output.read_text().splitlines() == lines
+    assert len(records) == 4  # (baseline, backend) x (inference, training)
+    for record in records:
+        assert "error" not in record, record
+        assert record["benchmark"] == "cpu" and record["smoke"] is True
+        assert record["model"] == "ttt" and record["batch_size"] == 1
+        assert len(record["seconds"]) == 3
+        assert record["median_seconds"] == pytest.approx(
+            sorted(record["seconds"])[1], abs=1e-6
+        )
+        assert record["images_per_s"] > 0 and record["flops_per_image"] > 0
+    mine = {r["what"]: r for r in records if not r["baseline"]}
+    assert set(mine) == {"inference", "training"}
+    assert mine["training"]["method"] == "train_function"
+    baselines = {r["what"]: r for r in records if r["baseline"]}
+    for what, record in mine.items():
+        assert record["backend"] == backend
+        # The split first layer executes fewer FLOPs than the direct form.
+        assert record["executed_flops_per_image"] < record["flops_per_image"]
+        assert record["flops_per_image"] == baselines[what]["flops_per_image"]
+        expected = baselines[what]["median_seconds"] / record["median_seconds"]
+        assert record["ratio_to_torch_baseline"] == pytest.approx(
+            expected, rel=5e-3
+        )

@@ -9,6 +9,8 @@ leading axis `B` is *stacked*: image `b` of the activations meets only
 
 from keras import ops
 
+from keras_apm.layers import fused_ops
+
 
 def dense_weights(layer):
     """`{"kernel", "bias"}` of a built `keras.layers.Dense` (its variables).
@@ -48,9 +50,14 @@ def dense(weights, x, activation=None):
     >>> y = dense({"kernel": k, "bias": b}, x, keras.activations.relu)
     """
     ndim = len(x.shape)
-    kernel = per_image(ops.cast(weights["kernel"], x.dtype), 2, ndim)
-    y = ops.matmul(x, kernel)
-    y = y + per_image(ops.cast(weights["bias"], x.dtype), 1, len(y.shape))
+    kernel = ops.cast(weights["kernel"], x.dtype)
+    bias = ops.cast(weights["bias"], x.dtype)
+    if len(kernel.shape) == 2:
+        # Shared weights (every `call`): one fused kernel where the backend
+        # has one (PyTorch's eager matmul + bias + ReLU is three passes).
+        return fused_ops.dense(x, kernel, bias, activation)
+    y = ops.matmul(x, per_image(kernel, 2, ndim))
+    y = y + per_image(bias, 1, len(y.shape))
     return y if activation is None else activation(y)
 
 
@@ -74,7 +81,7 @@ def split_dense(weights, parts, activation=None):
     dtype = parts[0].dtype
     kernel = ops.cast(weights["kernel"], dtype)
     ndim = max(len(x.shape) for x in parts)
-    y, start = None, 0
+    terms, start = [], 0
     for x in parts:
         width = x.shape[-1]
         # Every term of one rank: with a `(L, w)` term next to `(B, 1, w)`,
@@ -83,8 +90,8 @@ def split_dense(weights, parts, activation=None):
         while len(x.shape) < ndim:
             x = x[None]
         piece = kernel[..., start : start + width, :]
-        term = ops.matmul(x, per_image(piece, 2, len(x.shape)))
-        y = term if y is None else y + term
+        terms.append(ops.matmul(x, per_image(piece, 2, len(x.shape))))
         start += width
-    y = y + per_image(ops.cast(weights["bias"], dtype), 1, len(y.shape))
-    return y if activation is None else activation(y)
+    bias = per_image(ops.cast(weights["bias"], dtype), 1, ndim)
+    # One broadcast sum and activation (in place where a backend can).
+    return fused_ops.add_activation(terms + [bias], activation)
