@@ -78,8 +78,10 @@ def test_every_flag_has_help_and_required_flags_say_so(help_report):
 
 def test_help_shows_defaults(help_report):
     text = " ".join(help_report["commands"]["distill"][1].split())
-    assert "(default: auto)" in text
+    assert "digits: 60" in text  # --epochs, from the recipe registry
     assert "(default: None)" not in text
+    text = " ".join(help_report["commands"]["visualize upsample"][1].split())
+    assert "(default: 4)" in text  # --factor
 
 
 def test_python_dash_m_is_the_command():

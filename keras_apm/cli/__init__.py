@@ -7,6 +7,7 @@ subcommand; `main` finds them, so adding a command is adding a file.
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import os
 import pkgutil
@@ -74,15 +75,21 @@ _NATIVE_NOISE = re.compile(
 )
 
 
-def import_quietly(modules=("keras", "keras_hub")):
-    """Imports `modules` with native stderr noise dropped, the rest kept."""
+def import_quietly(modules=("tensorflow", "keras", "keras_hub")):
+    """Imports `modules` with native stderr noise dropped, the rest kept.
+
+    TensorFlow is among them when installed: every command reaches it (data
+    pipelines, keras-hub's preprocessing) and its runtime logs while it
+    loads, whichever Keras backend runs.
+    """
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as captured:
         os.dup2(captured.fileno(), 2)
         try:
             for name in modules:
-                importlib.import_module(name)
+                if importlib.util.find_spec(name) is not None:
+                    importlib.import_module(name)
         finally:
             os.dup2(saved, 2)
             os.close(saved)

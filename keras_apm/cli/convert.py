@@ -13,9 +13,14 @@ def add_parser(subparsers):
         ),
     )
     parser.add_argument("--checkpoint", required=True, help="official .pth file")
-    parser.add_argument("--variant", required=True, choices=sorted(OFFICIAL_VARIANTS))
+    parser.add_argument(
+        "--variant", required=True, choices=sorted(OFFICIAL_VARIANTS),
+        help="which official model the checkpoint holds",
+    )
     parser.add_argument("--output", required=True, help="preset directory")
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --output"
+    )
     parser.set_defaults(func=run)
 
 

@@ -20,7 +20,7 @@ def add_parser(subparsers):
         "--preset", required=True, help="preset name, handle or directory"
     )
     parser.add_argument(
-        "--format", default=FORMATS[0], choices=FORMATS
+        "--format", default=FORMATS[0], choices=FORMATS, help="export format"
     )
     parser.add_argument(
         "--quantization",
@@ -46,7 +46,9 @@ def add_parser(subparsers):
     parser.add_argument(
         "--output", required=True, help="directory (saved_model) or .tflite"
     )
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --output"
+    )
     parser.set_defaults(func=run)
 
 

@@ -20,7 +20,10 @@ def add_parser(subparsers):
     _arguments.add_teacher_and_data(
         parser, split_help="TFDS split (default: test); none for folders"
     )
-    parser.add_argument("--corruption", default=None, choices=CORRUPTIONS)
+    parser.add_argument(
+        "--corruption", default=None, choices=CORRUPTIONS,
+        help="corrupt the images first (default: clean images)",
+    )
     parser.add_argument("--severity", type=int, default=None, help="1..5 (default 5)")
     parser.add_argument("--steps", type=int, default=None, help="steps per image")
     parser.add_argument(
@@ -32,8 +35,14 @@ def add_parser(subparsers):
         help="named settings (keras_apm.ttt.recipes; default: default)",
     )
     parser.add_argument("--optimizer", default=None, help="e.g. adam, sgd")
-    parser.add_argument("--learning-rate", type=float, default=None)
-    parser.add_argument("--loss", default=None, choices=LOSSES)
+    parser.add_argument(
+        "--learning-rate", type=float, default=None,
+        help="optimizer learning rate (default: the recipe's)",
+    )
+    parser.add_argument(
+        "--loss", default=None, choices=LOSSES,
+        help="global-vector loss (default: the recipe's)",
+    )
     _arguments.add_seed(parser, help="init and corruption seed")
     parser.add_argument(
         "--class-embeddings", help=".npy file of (num_classes, dim) class embeddings"

@@ -28,8 +28,16 @@ def in_command():
     any of the command's own code runs, so the command is recognised by its
     name (`-m` is what `sys.argv[0]` reads while `-m` imports a package).
     """
-    argv0 = sys.argv[0] if sys.argv else ""
-    return os.path.basename(argv0) == "keras-apm" or argv0 == "-m"
+    global _IN_COMMAND
+    if _IN_COMMAND is None:
+        # Decided once, when `keras_apm` itself is imported: under `-m`,
+        # `sys.argv[0]` becomes the path of `__main__.py` afterwards.
+        argv0 = sys.argv[0] if sys.argv else ""
+        _IN_COMMAND = os.path.basename(argv0) == "keras-apm" or argv0 == "-m"
+    return _IN_COMMAND
+
+
+_IN_COMMAND = None
 
 
 def lazy_exports(package, exports):

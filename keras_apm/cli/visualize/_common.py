@@ -5,14 +5,18 @@ import os
 from keras_apm.visualize.islands import METHODS
 
 
-def add_common_arguments(parser, preset_required=True, gif=False):
+def add_common_arguments(
+    parser, preset_required=True, gif=False, teacher_required=False
+):
     parser.add_argument(
         "--preset",
         required=preset_required,
         help="APM preset: built-in name, handle or directory",
     )
     parser.add_argument(
-        "--teacher", help="teacher preset (keras-hub ViT, DINOv2, CLIP)"
+        "--teacher",
+        required=teacher_required,
+        help="teacher preset (keras-hub ViT, DINOv2, CLIP)",
     )
     parser.add_argument(
         "--image",
@@ -22,12 +26,15 @@ def add_common_arguments(parser, preset_required=True, gif=False):
     )
     parser.add_argument("--output", required=True, help="PNG file to write")
     parser.add_argument(
-        "--method", default=METHODS[0], choices=METHODS
+        "--method", default=METHODS[0], choices=METHODS,
+        help="how grid features become island colours"
     )
     parser.add_argument(
         "--clusters", type=int, default=8, help="k-means clusters"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the colouring"
+    )
     if gif:
         parser.add_argument(
             "--gif", help="GIF file (default: --output with .gif)"

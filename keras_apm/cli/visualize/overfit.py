@@ -15,12 +15,18 @@ HELP = "distil a fresh APM on one image; islands every N steps"
 
 
 def add_arguments(parser):
-    _common.add_common_arguments(parser, preset_required=False, gif=True)
-    parser.add_argument("--steps", type=int, default=300)
+    _common.add_common_arguments(
+        parser, preset_required=False, gif=True, teacher_required=True
+    )
+    parser.add_argument(
+        "--steps", type=int, default=300, help="optimizer steps"
+    )
     parser.add_argument(
         "--every", type=int, default=50, help="steps between frames"
     )
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--learning-rate", type=float, default=1e-3, help="Adam learning rate"
+    )
     parser.add_argument(
         "--rgb-weight", type=float, help="default 1 with an RGB head"
     )
@@ -32,7 +38,10 @@ def add_arguments(parser):
     parser.add_argument(
         "--save-preset", help="also save the overfitted APM here"
     )
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing --save-preset",
+    )
 
 
 def _fresh_apm(args, teacher):

@@ -12,7 +12,10 @@ HELP = "features r times denser than the patch grid vs bilinear"
 
 def add_arguments(parser):
     _common.add_common_arguments(parser)
-    parser.add_argument("--factor", type=int, default=4)
+    parser.add_argument(
+        "--factor", type=int, default=4,
+        help="evaluation points per patch along each axis",
+    )
     parser.add_argument(
         "--chunk-size", type=int, default=1024, help="locations per MLP call"
     )
