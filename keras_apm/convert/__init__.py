@@ -2,13 +2,9 @@
 
 from keras_apm.utils.lazy import lazy_exports
 
-_EXPORTS = {
-    "OFFICIAL_VARIANTS": "official",
-    "build_official_model": "official",
-    "check_official_state_dict": "official",
-    "convert_official_checkpoint": "official",
-    "load_official_state_dict": "official",
-    "set_official_weights": "official",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    """
+    official: OFFICIAL_VARIANTS build_official_model check_official_state_dict convert_official_checkpoint load_official_state_dict set_official_weights
+""",
+)

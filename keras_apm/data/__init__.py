@@ -18,15 +18,11 @@ ds = keras_apm.data.image_dataset("sklearn_digits", split="train",
 
 from keras_apm.utils.lazy import lazy_exports
 
-_EXPORTS = {
-    "cache_teacher_features": "feature_cache",
-    "load_feature_cache": "feature_cache",
-    "IMAGE_EXTENSIONS": "images",
-    "image_dataset": "images",
-    "list_image_files": "images",
-    "SklearnDigits": "sklearn_digits",
-    "digits_split_indices": "sklearn_digits",
-    "upscale_digits": "sklearn_digits",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    """
+    feature_cache: cache_teacher_features load_feature_cache
+    images: IMAGE_EXTENSIONS image_dataset list_image_files
+    sklearn_digits: SklearnDigits digits_split_indices upscale_digits
+""",
+)

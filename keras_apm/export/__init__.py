@@ -16,15 +16,11 @@ runner.predict(images)["features"]
 
 from keras_apm.utils.lazy import lazy_exports
 
-_EXPORTS = {
-    "VARIANTS": "apm_export",
-    "export": "apm_export",
-    "export_variants": "apm_export",
-    "FORMATS": "checks",
-    "QUANTIZATIONS": "checks",
-    "SIGNATURES": "checks",
-    "ExportedAPM": "runtime",
-    "load": "runtime",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    """
+    apm_export: VARIANTS export export_variants
+    checks: FORMATS QUANTIZATIONS SIGNATURES
+    runtime: ExportedAPM load
+""",
+)

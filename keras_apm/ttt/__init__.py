@@ -2,19 +2,14 @@
 
 from keras_apm.utils.lazy import lazy_exports
 
-_EXPORTS = {
-    "BatchedTTT": "batched",
-    "CLIPZeroShotClassifier": "classifiers",
-    "Classifier": "classifiers",
-    "EmbeddingClassifier": "classifiers",
-    "LinearHeadClassifier": "classifiers",
-    "classifier_for_teacher": "classifiers",
-    "clip_text_embeddings": "classifiers",
-    "evaluate": "evaluation",
-    "ttt_dataset": "evaluation",
-    "RECIPES": "recipes",
-    "initialize_student": "student",
-    "TestTimeTrainer": "trainer",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    """
+    batched: BatchedTTT
+    classifiers: CLIPZeroShotClassifier Classifier EmbeddingClassifier LinearHeadClassifier classifier_for_teacher clip_text_embeddings
+    evaluation: evaluate ttt_dataset
+    recipes: RECIPES
+    student: initialize_student
+    trainer: TestTimeTrainer
+""",
+)

@@ -12,7 +12,10 @@ the command a name's module is imported on first use.
 Example:
 ```python
 # keras_apm/ttt/__init__.py
-__getattr__, __dir__ = lazy_exports(__name__, {"BatchedTTT": "batched"})
+__getattr__, __dir__, __all__ = lazy_exports(__name__, """
+    batched: BatchedTTT
+    trainer: TestTimeTrainer
+""")
 ```
 """
 
@@ -40,16 +43,22 @@ def in_command():
 _IN_COMMAND = None
 
 
-def lazy_exports(package, exports):
-    """`(__getattr__, __dir__)` for a package exporting `exports`.
+def lazy_exports(package, spec):
+    """`(__getattr__, __dir__, __all__)` for a package exporting `spec`.
 
     Args:
         package: the package's `__name__`.
-        exports: dict `{public name: module}`; the module (relative to the
-            package, or a full `keras_apm.` path) defines the name. A name equal to its own
-            submodule's name (`visualize.overfit`, the function) is set on
-            the package after the import, which binds the submodule there.
+        spec: one line per module, `module: Name Name ...`; the module is
+            relative to the package or a full `keras_apm.` path and defines
+            the names. A name equal to its own module's name
+            (`visualize.overfit`, the function) is set on the package after
+            the import, which binds the module there.
     """
+    exports = {}
+    for line in spec.strip().splitlines():
+        module, names = line.split(":")
+        for name in names.split():
+            exports[name] = module.strip()
 
     def __getattr__(name):
         if name not in exports:
@@ -70,4 +79,4 @@ def lazy_exports(package, exports):
     if not in_command():
         for name in exports:
             __getattr__(name)
-    return __getattr__, __dir__
+    return __getattr__, __dir__, sorted(exports)

@@ -20,33 +20,15 @@ visualize.save_figure(fig, "islands.png")
 
 from keras_apm.utils.lazy import lazy_exports
 
-_EXPORTS = {
-    "islands_figure": "figures",
-    "panel_figure": "figures",
-    "save_strip": "figures",
-    "figure_to_array": "files",
-    "save_figure": "files",
-    "save_gif": "files",
-    "save_png": "files",
-    "load_converter": "images",
-    "load_image": "images",
-    "prepare_images": "images",
-    "to_display": "images",
-    "interpolate": "interpolate",
-    "interpolation_frames": "interpolate",
-    "cluster_palette": "islands",
-    "island_colors": "islands",
-    "kmeans_colors": "islands",
-    "pca_colors": "islands",
-    "tsne_colors": "islands",
-    "overfit": "overfit",
-    "overfit_frames": "overfit",
-    "teacher_grids": "overfit",
-    "bilinear_upsample": "upsample",
-    "dense_locations": "upsample",
-    "dense_shape": "upsample",
-    "evaluate_dense": "upsample",
-    "upsample_rows": "upsample",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    """
+    figures: islands_figure panel_figure save_strip
+    files: figure_to_array save_figure save_gif save_png
+    images: load_converter load_image prepare_images to_display
+    interpolate: interpolate interpolation_frames
+    islands: cluster_palette island_colors kmeans_colors pca_colors tsne_colors
+    overfit: overfit overfit_frames teacher_grids
+    upsample: bilinear_upsample dense_locations dense_shape evaluate_dense upsample_rows
+""",
+)

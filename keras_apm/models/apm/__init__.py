@@ -2,9 +2,10 @@
 
 from keras_apm.utils.lazy import lazy_exports
 
-_EXPORTS = {
-    "APM": "apm_backbone",
-    "APMImageConverter": "apm_image_converter",
-}
-__all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    """
+    apm_backbone: APM
+    apm_image_converter: APMImageConverter
+""",
+)

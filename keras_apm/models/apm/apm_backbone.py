@@ -146,24 +146,15 @@ class APM(Backbone):
         self.column = TriggerColumn(
             patch_size, channels=column_channels, dtype=dtype, name="column"
         )
+        mlp = PerceptionMLP(
+            trunk_widths, feature_dim, num_levels=num_levels,
+            rgb_head=rgb_head, rgb_widths=rgb_widths,
+            rgb_activation=rgb_activation, dtype=dtype, name="mlp",
+        )  # fmt: skip
         self.field = PerceptionField(
-            grid_shape=grid_shape,
-            position_dim=position_dim,
-            mlp=PerceptionMLP(
-                trunk_widths=trunk_widths,
-                feature_dim=feature_dim,
-                num_levels=num_levels,
-                rgb_head=rgb_head,
-                rgb_widths=rgb_widths,
-                rgb_activation=rgb_activation,
-                dtype=dtype,
-                name="mlp",
-            ),
-            chunk_size=chunk_size,
-            fast_path=fast_path,
-            dtype=dtype,
-            name="field",
-        )
+            grid_shape, position_dim, mlp, chunk_size=chunk_size,
+            fast_path=fast_path, dtype=dtype, name="field",
+        )  # fmt: skip
         self.global_pool = (
             AttentionPoolHead(global_num_heads, dtype=dtype, name="global_head")
             if global_head
