@@ -10,17 +10,18 @@ import skimage.io
 
 import keras_apm
 from keras_apm.cli import main
-from keras_apm.distill.recipes import RECIPES
-from keras_apm.distill.recipes import get_recipe
 from keras_apm.distill import DistillCheckpoint
 from keras_apm.distill import save_student_preset
 from keras_apm.distill.distiller import APMDistiller
 from keras_apm.distill.recipe import distill
+from keras_apm.distill.recipes import RECIPES
+from keras_apm.distill.recipes import get_recipe
 from keras_apm.models.apm.apm_student import load_teacher
 from keras_apm.models.apm.apm_student import resolve_student
 from keras_apm.utils.run_directory import OutputLock
 
 from test_run_directory import read_only_directory
+
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +199,94 @@ def test_demo_writes_summary_and_student(tmp_path, data_dir, capsys):
     student = keras_apm.APM.from_preset(os.path.join(out, "student"))
     images = np.zeros((1, 32, 32, 3), "float32")
     assert student(images)["features"].shape == (1, 8, 8, 64)
+    # The same demo again: refused, or resumed (nothing left to train).
+    argv = ["demo", "--output", out, "--epochs", "1", "--data-dir", data_dir]
+    assert main(argv) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 0
+    with open(os.path.join(out, "metrics.json")) as f:
+        assert json.load(f)["settings"]["initial_epoch"] == 1
+
+
+def test_a_locked_or_read_only_output_fails_before_any_work(
+    tmp_path, data_dir, capsys, monkeypatch
+):
+    def no_work(*args, **kwargs):
+        raise AssertionError("the teacher was loaded before the checks")
+
+    monkeypatch.setattr("keras_apm.distill.recipe.load_teacher", no_work)
+    base = [
+        "distill", "--teacher", "vit_tiny_digits", "--dataset",
+        "sklearn_digits", "--data-dir", data_dir,
+    ]
+    # Another run holds the lock (two runs into one --output).
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = OutputLock(out / ".lock").acquire()
+    try:
+        assert main([*base, "--output", str(out)]) == 2
+        assert "Another run" in capsys.readouterr().err
+    finally:
+        lock.release()
+    # A read-only --output or --cache: refused, not at the first checkpoint.
+    with read_only_directory(tmp_path / "ro") as ro:
+        assert main([*base, "--output", os.path.join(ro, "run")]) == 2
+        assert "not writable" in capsys.readouterr().err
+        argv = [*base, "--output", str(out), "--cache", os.path.join(ro, "c")]
+        assert main(argv) == 2
+        assert "not writable" in capsys.readouterr().err
+    assert os.listdir(out) == []  # nothing left behind
+
+
+def test_a_diverging_run_stops_and_saves_nothing(tmp_path, data_dir):
+    # A finite but absurd learning rate: the loss overflows within the
+    # first epoch. It used to train on and save a NaN student.
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="training loss became (nan|inf)"):
+        distill(
+            "vit_tiny_digits", "sklearn_digits", out, split="train[:64]",
+            validation_split=None, epochs=2, batch_size=16,
+            learning_rate=1e30, data_dir=data_dir, verbose=0,
+        )
+    assert not out.exists()
+    with pytest.raises(ValueError, match="`learning_rate` must be a finite"):
+        distill("vit_tiny_digits", "sklearn_digits", out, learning_rate=-1.0)
+
+
+def test_checkpoints_prune_by_this_runs_timeline_and_refuse_nan(tmp_path):
+    teacher = load_teacher("vit_tiny_digits")
+    student = resolve_student(None, teacher, trunk_widths=(16,))[0]
+    distiller = APMDistiller(student, teacher)
+    distiller.compile(optimizer="adam")
+    distiller.optimizer.build(distiller.trainable_variables)
+    folder = tmp_path / "checkpoints"
+    DistillCheckpoint(folder).save(distiller, 3)
+    DistillCheckpoint(folder).save(distiller, 1)
+    # Epoch 3 is another run's (or a dropped timeline's), not newer.
+    assert DistillCheckpoint(folder).checkpoints() == ["epoch_00001"]
+    checkpoint = DistillCheckpoint(folder, run_id="new")
+    checkpoint.save(distiller, 1)
+    assert checkpoint.restore(distiller) == 1
+    with pytest.raises(ValueError, match="belongs to run 'new'"):
+        DistillCheckpoint(folder, run_id="other").restore(distiller)
+    # Nothing non-finite is saved: not a checkpoint, not a preset.
+    weight = student.trainable_weights[0]
+    weight.assign(np.full(weight.shape, np.nan, "float32"))
+    with pytest.raises(ValueError, match="Refusing to save.*NaN/Inf"):
+        checkpoint.save(distiller, 2)
+    with pytest.raises(ValueError, match="Refusing to save.*NaN/Inf"):
+        save_student_preset(student, tmp_path / "student")
+    assert checkpoint.checkpoints() == ["epoch_00001"]
+    assert not (tmp_path / "student").exists()
+
+
+def test_demo_checks_epochs(tmp_path, capsys):
+    # `--epochs 0` used to run the 60-epoch default.
+    out = tmp_path / "demo"
+    assert main(["demo", "--output", str(out), "--epochs", "0"]) == 2
+    assert "--epochs must be an int >= 1, got 0" in capsys.readouterr().err
+    assert not out.exists()
+
 
 def test_digits_recipe_supplies_teacher_data_and_settings(tmp_path, data_dir):
     out = str(tmp_path / "run")
@@ -220,6 +309,8 @@ def test_digits_recipe_supplies_teacher_data_and_settings(tmp_path, data_dir):
     assert settings["schedule"] == digits.schedule == "cosine"
     assert tuple(settings["trunk_widths"]) == digits.trunk_widths
     assert settings["validation_split"] is None
+
+
 def test_recipes_refuse_unknown_names_and_settings(tmp_path, capsys):
     with pytest.raises(ValueError, match="no_such_recipe"):
         get_recipe("no_such_recipe")
@@ -233,6 +324,8 @@ def test_recipes_refuse_unknown_names_and_settings(tmp_path, capsys):
     assert "--teacher is required" in capsys.readouterr().err
     assert main(argv[:1] + ["--recipe", "nope"] + argv[1:]) == 2
     assert "--recipe" in capsys.readouterr().err
+
+
 def test_cli_choices_and_defaults_come_from_the_modules():
     from keras_apm.cli import build_parser
     from keras_apm.convert.official import OFFICIAL_VARIANTS
@@ -242,6 +335,7 @@ def test_cli_choices_and_defaults_come_from_the_modules():
     from keras_apm.export.checks import QUANTIZATIONS
     from keras_apm.ttt import recipes as ttt_recipes
     from keras_apm.visualize.islands import METHODS
+
     def options(*path):
         parser = build_parser()
         for name in path:
@@ -251,6 +345,7 @@ def test_cli_choices_and_defaults_come_from_the_modules():
             )
             parser = sub.choices[name]
         return {a.dest: a for a in parser._actions}
+
     assert tuple(options("export")["format"].choices) == FORMATS
     assert tuple(options("export")["quantization"].choices) == QUANTIZATIONS
     assert set(options("convert")["variant"].choices) == set(OFFICIAL_VARIANTS)
@@ -261,75 +356,3 @@ def test_cli_choices_and_defaults_come_from_the_modules():
     assert options("demo")["epochs"].default == RECIPES["digits"].epochs
     for action in ("islands", "overfit", "interpolate", "upsample"):
         assert tuple(options("visualize", action)["method"].choices) == METHODS
-    # The same demo again: refused, or resumed (nothing left to train).
-    argv = ["demo", "--output", out, "--epochs", "1", "--data-dir", data_dir]
-    assert "--resume" in capsys.readouterr().err
-    assert main([*argv, "--resume"]) == 0
-        assert json.load(f)["settings"]["initial_epoch"] == 1
-def test_a_locked_or_read_only_output_fails_before_any_work(
-    tmp_path, data_dir, capsys, monkeypatch
-):
-    def no_work(*args, **kwargs):
-        raise AssertionError("the teacher was loaded before the checks")
-    monkeypatch.setattr("keras_apm.distill.recipe.load_teacher", no_work)
-    base = [
-        "distill", "--teacher", "vit_tiny_digits", "--dataset",
-        "sklearn_digits", "--data-dir", data_dir,
-    ]
-    # Another run holds the lock (two runs into one --output).
-    out = tmp_path / "run"
-    out.mkdir()
-    lock = OutputLock(out / ".lock").acquire()
-    try:
-        assert main([*base, "--output", str(out)]) == 2
-        assert "Another run" in capsys.readouterr().err
-    finally:
-        lock.release()
-    # A read-only --output or --cache: refused, not at the first checkpoint.
-    with read_only_directory(tmp_path / "ro") as ro:
-        assert main([*base, "--output", os.path.join(ro, "run")]) == 2
-        assert "not writable" in capsys.readouterr().err
-        argv = [*base, "--output", str(out), "--cache", os.path.join(ro, "c")]
-        assert main(argv) == 2
-    assert os.listdir(out) == []  # nothing left behind
-def test_a_diverging_run_stops_and_saves_nothing(tmp_path, data_dir):
-    # A finite but absurd learning rate: the loss overflows within the
-    # first epoch. It used to train on and save a NaN student.
-    with pytest.raises(ValueError, match="training loss became (nan|inf)"):
-        distill(
-            "vit_tiny_digits", "sklearn_digits", out, split="train[:64]",
-            validation_split=None, epochs=2, batch_size=16,
-            learning_rate=1e30, data_dir=data_dir, verbose=0,
-        )
-    assert not out.exists()
-    with pytest.raises(ValueError, match="`learning_rate` must be a finite"):
-        distill("vit_tiny_digits", "sklearn_digits", out, learning_rate=-1.0)
-def test_checkpoints_prune_by_this_runs_timeline_and_refuse_nan(tmp_path):
-    teacher = load_teacher("vit_tiny_digits")
-    student = resolve_student(None, teacher, trunk_widths=(16,))[0]
-    distiller = APMDistiller(student, teacher)
-    distiller.compile(optimizer="adam")
-    distiller.optimizer.build(distiller.trainable_variables)
-    folder = tmp_path / "checkpoints"
-    DistillCheckpoint(folder).save(distiller, 3)
-    DistillCheckpoint(folder).save(distiller, 1)
-    # Epoch 3 is another run's (or a dropped timeline's), not newer.
-    assert DistillCheckpoint(folder).checkpoints() == ["epoch_00001"]
-    checkpoint = DistillCheckpoint(folder, run_id="new")
-    checkpoint.save(distiller, 1)
-    assert checkpoint.restore(distiller) == 1
-    with pytest.raises(ValueError, match="belongs to run 'new'"):
-        DistillCheckpoint(folder, run_id="other").restore(distiller)
-    # Nothing non-finite is saved: not a checkpoint, not a preset.
-    weight = student.trainable_weights[0]
-    weight.assign(np.full(weight.shape, np.nan, "float32"))
-    with pytest.raises(ValueError, match="Refusing to save.*NaN/Inf"):
-        checkpoint.save(distiller, 2)
-        save_student_preset(student, tmp_path / "student")
-    assert checkpoint.checkpoints() == ["epoch_00001"]
-    assert not (tmp_path / "student").exists()
-def test_demo_checks_epochs(tmp_path, capsys):
-    # `--epochs 0` used to run the 60-epoch default.
-    out = tmp_path / "demo"
-    assert main(["demo", "--output", str(out), "--epochs", "0"]) == 2
-    assert "--epochs must be an int >= 1, got 0" in capsys.readouterr().err

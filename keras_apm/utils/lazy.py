@@ -12,10 +12,10 @@ the command a name's module is imported on first use.
 Example:
 ```python
 # keras_apm/ttt/__init__.py
-__getattr__, __dir__, __all__ = lazy_exports(__name__, """
+__getattr__, __dir__, __all__ = lazy_exports(__name__, '''
     batched: BatchedTTT
     trainer: TestTimeTrainer
-""")
+''')
 ```
 """
 
