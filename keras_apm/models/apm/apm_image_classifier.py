@@ -155,6 +155,17 @@ class APMImageClassifier(ImageClassifier):
         self.pooling = pooling
         self.dropout = dropout
 
+    def compile_from_config(self, config):
+        """Re-compiles a loaded `.keras` classifier with its saved settings.
+
+        Keras skips models whose `compile` is overridden (keras-hub's Tasks
+        override it for their defaults); replaying the saved arguments
+        restores the optimizer, whose saved state then loads too.
+        """
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def save_to_preset(self, preset_dir, max_shard_size=10):
         """Saves the classifier as a preset, staged and checksummed.
 
