@@ -99,6 +99,10 @@ def test_keras_file_round_trip_resumes_training(teacher, images, tmp_path):
     assert isinstance(loaded, APMDistiller)
     # Self-contained: the teacher, its weights and the optimizer's state.
     assert type(loaded.teacher) is type(teacher)
+    # The loaded teacher is frozen too: only the student trains.
+    assert {id(w) for w in loaded.trainable_weights} == {
+        id(w) for w in loaded.student.trainable_weights
+    }
     assert_same_weights(loaded.teacher.weights, teacher.weights)
     assert_same_weights(loaded.student.weights, distiller.student.weights)
     assert isinstance(loaded.optimizer, keras.optimizers.Adam)
@@ -161,6 +165,7 @@ def test_backup_and_restore_resumes_to_the_same_weights(
     epochs = 4
     uninterrupted = make_distiller(teacher)
     initial = [np_(w) for w in uninterrupted.student.weights]
+    images = images[:32]  # 2 batches an epoch: the point is the resume
     uninterrupted.fit(dataset(images), epochs=epochs, verbose=0)
 
     backup_dir = str(tmp_path / "backup")
