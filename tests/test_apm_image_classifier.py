@@ -92,8 +92,10 @@ def test_from_preset_fit_and_preset_round_trip(digits, tmp_path):
     )
     # Also through the subclass, and the preprocessor alone.
     loaded = APMImageClassifier.from_preset(path)
-    np.testing.assert_allclose(
-        loaded.predict(test_x[:64], verbose=0), expected, atol=1e-5
+    assert loaded.num_classes == 10
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(loaded.output_dense.kernel),
+        keras.ops.convert_to_numpy(classifier.output_dense.kernel),
     )
     preprocessor = keras_hub.models.ImageClassifierPreprocessor.from_preset(
         path
