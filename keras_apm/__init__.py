@@ -28,6 +28,11 @@ _EXPORTS = {
     "export": ("keras_apm.export", "export"),
     "APM": ("keras_apm.models.apm", "APM"),
     "APMImageConverter": ("keras_apm.models.apm", "APMImageConverter"),
+    "APMImageClassifier": ("keras_apm.models.apm", "APMImageClassifier"),
+    "APMImageClassifierPreprocessor": (
+        "keras_apm.models.apm",
+        "APMImageClassifierPreprocessor",
+    ),
     "apm_outputs": ("keras_apm.models.apm.apm_outputs", None),
     "BatchedTTT": ("keras_apm.ttt", "BatchedTTT"),
     "TestTimeTrainer": ("keras_apm.ttt", "TestTimeTrainer"),

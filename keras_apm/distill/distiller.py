@@ -41,6 +41,7 @@ def _head_weight(value, name, has_head, head):
     return value if value > 0 else None
 
 
+@keras.saving.register_keras_serializable(package="keras_apm")
 class APMDistiller(keras.Model):
     """Distils a frozen teacher into an APM student with `compile` + `fit`.
 
@@ -399,6 +400,17 @@ class APMDistiller(keras.Model):
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         super().compile(optimizer=optimizer, **kwargs)
 
+    def compile_from_config(self, config):
+        """Re-compiles a loaded `.keras` distiller with its saved optimizer.
+
+        Keras skips models whose `compile` is overridden; this one only
+        wraps the optimizer, so the saved arguments are replayed (and the
+        optimizer built, so that its saved moments load too).
+        """
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     @property
     def metrics(self):
         return list(self._trackers)
@@ -441,6 +453,47 @@ class APMDistiller(keras.Model):
 
     # ------------------------------------------------------------------
     # Saving.
+
+    def get_config(self):
+        """The distiller's arguments, student and teacher included.
+
+        The frozen teacher is stored as a nested Keras object (its keras-hub
+        backbone's config; its weights go into the `.keras` file): a saved
+        distiller reloads with no access to the teacher's preset or hub,
+        and resumes with exactly the teacher it was trained against.
+        """
+        def head_weight(key, has_head):
+            # Resolved weights: None for a term that is off; an existing
+            # head whose term was switched off keeps its explicit 0.
+            value = self.loss_weights[key]
+            if value is None:
+                return 0.0 if has_head else None
+            return value
+
+        serialize = keras.saving.serialize_keras_object
+        config = {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": serialize(self.dtype_policy),
+            "student": serialize(self.student),
+            "teacher": None if self.teacher is None else serialize(self.teacher),
+            "grid_weight": self.loss_weights["grid"],
+            "rgb_weight": head_weight(RGB, self.student.rgb_head),
+            "global_weight": head_weight(GLOBAL, self.student.global_head),
+            "global_loss": self.global_loss,
+            "level_weights": list(self.loss_weights[LEVELS]) or None,
+            "image_converter": serialize(self.image_converter),
+            "rgb_scaling": self.rgb_scaling,
+        }
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("student", "teacher", "image_converter"):
+            if isinstance(config.get(key), dict):
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
 
     def save_student(self, directory):
         """Saves the student and its image converter as a preset, atomically.

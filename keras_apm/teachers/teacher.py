@@ -105,6 +105,11 @@ class Teacher(keras.layers.Layer):
             )
         self.backbone.trainable = False
         self.model.trainable = False
+        # A backbone deserialised from a saved teacher (`trainable: false`
+        # in its config) can keep trainable sublayers (seen on TensorFlow),
+        # which would hand the teacher's weights to a student's optimizer.
+        for layer in self.model._flatten_layers():
+            layer.trainable = False
         self._check_data_format()
 
         self.layer_indices = teacher_utils.normalize_layer_indices(

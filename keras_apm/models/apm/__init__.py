@@ -1,4 +1,4 @@
-"""The APM backbone, its image converter and presets (keras-hub layout)."""
+"""The APM backbone, its image converter, Tasks and presets (keras-hub layout)."""
 
 from keras_apm.utils.lazy import lazy_exports
 
@@ -7,5 +7,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
     """
     apm_backbone: APM
     apm_image_converter: APMImageConverter
+    apm_image_classifier: APMImageClassifier
+    apm_image_classifier_preprocessor: APMImageClassifierPreprocessor
 """,
 )

@@ -1,0 +1,187 @@
+"""`APMImageClassifier`: a keras-hub image classification Task on an APM."""
+
+import keras
+from keras_hub.models import ImageClassifier
+from keras_hub.models import Task
+
+from keras_apm.models.apm.apm_backbone import APM
+from keras_apm.models.apm.apm_image_classifier_preprocessor import (
+    APMImageClassifierPreprocessor,
+)
+from keras_apm.models.apm.apm_outputs import FEATURES
+from keras_apm.models.apm.apm_outputs import GLOBAL
+from keras_apm.models.apm.apm_preset_saving import save_preset_staged
+
+POOLINGS = ("global", "avg")
+
+
+@keras.saving.register_keras_serializable(package="keras_apm")
+class APMImageClassifier(ImageClassifier):
+    """Image classification with an APM backbone (a keras-hub `Task`).
+
+    Wraps a `keras_apm.APM` and an `APMImageClassifierPreprocessor`; a
+    `num_classes` dense head reads one vector per image:
+
+    - `pooling="global"`: the APM's attention-pool global vector (needs a
+      backbone built with `global_head=True`);
+    - `pooling="avg"`: the mean of the `(h, w, D)` feature grid.
+
+    The default is `"global"` when the backbone has a global head, else
+    `"avg"`. `keras_hub.models.ImageClassifier.from_preset(<APM preset>,
+    num_classes=...)` builds this class (keras-hub picks the Task subclass
+    whose `backbone_cls` is the preset's backbone class); a preset saved
+    from a classifier (with `task.json`) loads head and all, without
+    `num_classes`.
+
+    `fit` takes `(images, labels)`: raw RGB images in `[0, 255]` of any
+    size (the preprocessor resizes and scales them) and integer labels.
+    With `preprocessor=None` the inputs must already be the APM's input.
+
+    Args:
+        backbone: a `keras_apm.APM`.
+        num_classes: int, the number of classes.
+        preprocessor: `None`, an `APMImageClassifierPreprocessor`, or any
+            keras-hub preprocessor / callable.
+        pooling: `None` (see above), `"global"` or `"avg"`.
+        activation: `None` (logits, the default) or the head's activation,
+            e.g. `"softmax"`.
+        dropout: float in `[0, 1)`, dropout before the head.
+        head_dtype: `None` (the backbone's) or the head's dtype policy.
+        **kwargs: `keras_hub.models.Task` arguments (`name`, `compile`).
+
+    Example:
+    ```python
+    classifier = keras_hub.models.ImageClassifier.from_preset(
+        "apm_tiny_digits", num_classes=10
+    )  # an APMImageClassifier
+    classifier.compile(optimizer=keras.optimizers.Adam(1e-3))
+    classifier.fit(images, labels, epochs=3)  # images: (N, H, W, 3) 0..255
+    classifier.save_to_preset("./apm_digits_classifier")
+    keras_hub.models.ImageClassifier.from_preset("./apm_digits_classifier")
+    ```
+    """
+
+    backbone_cls = APM
+    preprocessor_cls = APMImageClassifierPreprocessor
+
+    def __init__(
+        self,
+        backbone,
+        num_classes=None,
+        preprocessor=None,
+        pooling=None,
+        activation=None,
+        dropout=0.0,
+        head_dtype=None,
+        **kwargs,
+    ):
+        if not isinstance(backbone, APM):
+            raise ValueError(
+                "`backbone` must be a `keras_apm.APM`. Received "
+                f"{type(backbone).__name__}."
+            )
+        if num_classes is None:
+            raise ValueError(
+                "`APMImageClassifier` needs `num_classes`. A preset that "
+                "holds only an APM backbone (e.g. `apm_tiny_digits`) has no "
+                "head: pass it, e.g. `ImageClassifier.from_preset(preset, "
+                "num_classes=10)`."
+            )
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+            raise ValueError(
+                f"`num_classes` must be a positive int. Received {num_classes!r}."
+            )
+        if num_classes < 1:
+            raise ValueError(
+                f"`num_classes` must be a positive int. Received {num_classes}."
+            )
+        if pooling is None:
+            pooling = "global" if backbone.global_head else "avg"
+        if pooling not in POOLINGS:
+            raise ValueError(
+                f"`pooling` must be one of {POOLINGS} (or None). Received "
+                f"{pooling!r}."
+            )
+        if pooling == "global" and not backbone.global_head:
+            raise ValueError(
+                "`pooling='global'` reads the APM's global head, but this "
+                "backbone was built with global_head=False. Use "
+                "pooling='avg' (the mean over the feature grid)."
+            )
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+            raise ValueError(f"`dropout` must be a float. Received {dropout!r}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1). Received {dropout}.")
+        head_dtype = head_dtype or backbone.dtype_policy
+
+        # === Layers ===
+        self.backbone = backbone
+        self.preprocessor = preprocessor
+        # The APM answers channels-last grids (B, h, w, D) whatever the
+        # global data format.
+        self.pooler = (
+            keras.layers.GlobalAveragePooling2D(
+                "channels_last", dtype=head_dtype, name="pooler"
+            )
+            if pooling == "avg"
+            else None
+        )
+        self.output_dropout = keras.layers.Dropout(
+            dropout, dtype=head_dtype, name="output_dropout"
+        )
+        self.output_dense = keras.layers.Dense(
+            num_classes,
+            activation=activation,
+            dtype=head_dtype,
+            name="predictions",
+        )
+
+        # === Functional Model ===
+        inputs = self.backbone.input
+        outputs = self.backbone(inputs)
+        if self.pooler is None:
+            x = outputs[GLOBAL]
+        else:
+            x = self.pooler(outputs[FEATURES])
+        x = self.output_dropout(x)
+        outputs = self.output_dense(x)
+        # Skip `ImageClassifier.__init__`: it builds its own 2D pooler on the
+        # backbone's (single) output.
+        Task.__init__(self, inputs=inputs, outputs=outputs, **kwargs)
+
+        # === Config ===
+        self.num_classes = num_classes
+        self.activation = activation
+        self.pooling = pooling
+        self.dropout = dropout
+
+    def compile_from_config(self, config):
+        """Re-compiles a loaded `.keras` classifier with its saved settings.
+
+        Keras skips models whose `compile` is overridden (keras-hub's Tasks
+        override it for their defaults); replaying the saved arguments
+        restores the optimizer, whose saved state then loads too.
+        """
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def save_to_preset(self, preset_dir, max_shard_size=10):
+        """Saves the classifier as a preset, staged and checksummed.
+
+        Writes `task.json`, `task.weights.h5` (the head), the backbone
+        (`config.json`, `model.weights.h5`, `metadata.json`) and the
+        preprocessor (`preprocessor.json`, `image_converter.json`) into a
+        folder beside `preset_dir` and swaps it in at once (see
+        `keras_apm.APM.save_to_preset`).
+
+        Example:
+        ```python
+        classifier.save_to_preset("./apm_classifier")
+        keras_hub.models.ImageClassifier.from_preset("./apm_classifier")
+        ```
+        """
+        save_super = super().save_to_preset
+        return save_preset_staged(
+            preset_dir, lambda staged: save_super(staged, max_shard_size)
+        )
