@@ -106,7 +106,7 @@ class APMBackboneHarnessTest(TestCase):
             self.assertAllClose(
                 expected, model(converter(raw)), atol=1e-5, rtol=1e-5
             )
-            first = np.moveaxis(converter(raw), -1, 1)
+            first = np.moveaxis(keras.ops.convert_to_numpy(converter(raw)), -1, 1)
             with self.assertRaisesRegex(ValueError, "looks channels-first"):
                 model(first)
             with self.assertRaisesRegex(ValueError, "looks channels-first"):
