@@ -136,6 +136,10 @@ def test_loading_a_tflite_file_names_the_export_extra(hide, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow",
+    reason="runs its own TensorFlow-backend interpreter: once, in the TF pass",
+)
 def test_import_keras_apm_and_run_a_preset_without_optional_packages(tmp_path):
     # A fresh interpreter: the optional packages are refused from the first
     # import on, as in an install with no extras (TensorFlow stays: keras-hub
