@@ -296,7 +296,9 @@ class APMImageClassifierHarnessTest(TestCase):
         self.run_model_saving_test(
             cls=APMImageClassifier,
             init_kwargs=self._init_kwargs(),
-            input_data=_raw_images(),
+            # Calling a Task runs the model only: converted images (keras-hub
+            # convention; `predict` and `fit` run the preprocessor).
+            input_data=_images(),
         )
 
     def test_preset(self):
@@ -304,6 +306,6 @@ class APMImageClassifierHarnessTest(TestCase):
             cls=APMImageClassifier,
             preset="apm_tiny_digits",
             init_kwargs={"num_classes": 3},
-            input_data=_raw_images(),
+            input_data=_images(height=32, width=32),
             expected_output_shape=(2, 3),
         )
