@@ -13,6 +13,7 @@ import numpy as np
 
 from keras_apm.utils.files import atomic_write
 from keras_apm.utils.files import check_writable_dir
+from keras_apm.utils.optional import require
 
 
 def _linear(prefix, out_dim, in_dim):
@@ -164,13 +165,8 @@ def load_official_state_dict(path):
                 f"truncated or corrupt ({type(e).__name__}: {e})."
             ) from None
     else:
-        try:
-            import torch  # Only to unpickle PyTorch files.
-        except ImportError:
-            raise ImportError(
-                "Reading an official .pth checkpoint needs PyTorch: "
-                "`pip install torch` (the CPU build is enough)."
-            ) from None
+        # Only to unpickle PyTorch files (the CPU build is enough).
+        torch = require("torch", extra="convert")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:

@@ -72,6 +72,8 @@ import numbers
 
 import numpy as np
 
+from keras_apm.utils.optional import require
+
 CORRUPTIONS = (
     "gaussian_noise",
     "shot_noise",
@@ -293,24 +295,12 @@ def _check_image(image):
 
 def _ndimage():
     # Imported lazily: SciPy is only needed when a corruption is applied.
-    try:
-        from scipy import ndimage
-    except ImportError as error:  # pragma: no cover - depends on the env
-        raise ImportError(
-            "keras_apm.data.corruptions needs SciPy: `pip install scipy`."
-        ) from error
-    return ndimage
+    return require("scipy.ndimage", extra="corruptions")
 
 
 def _pil_image():
-    try:
-        from PIL import Image
-    except ImportError as error:  # pragma: no cover - depends on the env
-        raise ImportError(
-            "keras_apm.data.corruptions needs Pillow for `pixelate` and "
-            "`jpeg_compression`: `pip install pillow`."
-        ) from error
-    return Image
+    # Pillow: `pixelate` and `jpeg_compression`.
+    return require("PIL.Image", extra="corruptions")
 
 
 def _rgb_to_hsv(rgb):

@@ -46,12 +46,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_apm.utils.files import TMP_PREFIX
 from keras_apm.utils.files import atomic_write
 from keras_apm.utils.files import remove_path
 from keras_apm.utils.files import write_json
+from keras_apm.utils.optional import require
+
+tf = require("tensorflow", extra="data")
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 2

@@ -15,8 +15,11 @@ into exactly that:
 import os
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
+
+from keras_apm.utils.optional import require
+
+tf = require("tensorflow", extra="data")
+tfds = require("tensorflow_datasets", extra="data")
 
 # Registers the offline `sklearn_digits` builder wherever names reach tfds.
 from keras_apm.data import sklearn_digits  # noqa: F401

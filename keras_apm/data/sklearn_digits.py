@@ -31,9 +31,12 @@ same split on every machine. Within each split the examples are ordered by
 """
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
-from etils import epath
+
+from keras_apm.utils.optional import require
+
+tf = require("tensorflow", extra="data")
+tfds = require("tensorflow_datasets", extra="data")
+epath = require("etils.epath", extra="data")  # comes with tfds
 
 NUM_EXAMPLES = 1797
 NUM_CLASSES = 10
@@ -55,7 +58,7 @@ def digits_split_indices():
     >>> len(train), len(test)
     (1437, 360)
     """
-    from sklearn.datasets import load_digits
+    load_digits = require("sklearn.datasets", extra="demo").load_digits
 
     labels = load_digits().target
     return _split_indices(labels)
@@ -186,7 +189,7 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Nothing to download: scikit-learn ships the data.
-        from sklearn.datasets import load_digits
+        load_digits = require("sklearn.datasets", extra="demo").load_digits
 
         digits = load_digits()
         if digits.images.shape != (NUM_EXAMPLES, 8, 8):

@@ -6,6 +6,7 @@ import numpy as np
 
 from keras_apm.export.checks import SIGNATURES
 from keras_apm.models.apm.apm_outputs import FEATURES
+from keras_apm.utils.optional import require
 from keras_apm.utils.validation import check_float_dtype
 from keras_apm.utils.validation import check_image_batch
 from keras_apm.utils.validation import check_locations
@@ -106,10 +107,9 @@ def _check_signatures(path, found):
 
 def _load_tflite(path, num_threads):
     """`(interpreter, functions, input shapes, output shapes)` of a file."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # the deprecated copy inside TensorFlow.
-        from tensorflow.lite import Interpreter
+    # TensorFlow 2.21 no longer ships `tf.lite.Interpreter`: LiteRT it is.
+    litert = require("ai_edge_litert.interpreter", extra="export")
+    Interpreter = litert.Interpreter
 
     interpreter = Interpreter(model_path=path, num_threads=num_threads)
     _check_signatures(path, interpreter.get_signature_list())
@@ -130,7 +130,7 @@ def _load_tflite(path, num_threads):
 
 def _load_saved_model(path):
     """`(loaded SavedModel, functions, shapes)` of a directory."""
-    import tensorflow as tf
+    tf = require("tensorflow", extra="export")
 
     loaded = tf.saved_model.load(path)
     _check_signatures(path, loaded.signatures)

@@ -30,6 +30,7 @@ from keras_apm.export.checks import SIGNATURES
 from keras_apm.utils.files import atomic_write
 from keras_apm.utils.files import temporary_directory
 from keras_apm.utils.files import terminate_as_exit
+from keras_apm.utils.optional import require
 from keras_apm.layers.position_encoding import grid_locations
 
 
@@ -126,7 +127,7 @@ def saved_model_to_tflite(saved_model_dir, quantization=None, samples=None):
     weights and activations calibrated on `samples`; inputs and outputs
     stay float32, so the signatures do not change).
     """
-    import tensorflow as tf
+    tf = require("tensorflow", extra="export")
 
     converter = tf.lite.TFLiteConverter.from_saved_model(
         saved_model_dir, signature_keys=list(SIGNATURES)

@@ -126,6 +126,15 @@ class AttentionPoolHead(keras.layers.Layer):
     def call(self, features):
         return self.call_with_weights(self.explicit_weights(), features)
 
+    def compute_output_spec(self, features):
+        # Read from the argument itself: Keras' default passes the shapes of
+        # backend tensors only, so NumPy input (as keras-hub's harness and
+        # users pass) would arrive as None.
+        return keras.KerasTensor(
+            self.compute_output_shape(tuple(features.shape)),
+            dtype=self.compute_dtype,
+        )
+
     def compute_output_shape(self, features_shape):
         return (features_shape[0], features_shape[-1])
 

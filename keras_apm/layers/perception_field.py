@@ -63,7 +63,10 @@ class PerceptionField(keras.layers.Layer):
         )
 
     def build(self, trigger_shape):
-        self.mlp.build((None, trigger_shape[-1] + self.position_dim))
+        # A prebuilt MLP (passed in, or shared) keeps its weights: building
+        # it again would add a second set of variables.
+        if not self.mlp.built:
+            self.mlp.build((None, trigger_shape[-1] + self.position_dim))
         self.built = True
 
     def explicit_weights(self):

@@ -182,6 +182,9 @@ class PerceptionMLP(keras.layers.Layer):
 
     def call(self, queries):
         """Direct form: `(..., n + d)` queries -> dict of `(..., ·)`."""
+        # Keras casts inputs only in `__call__`; `compute_output_spec`
+        # traces `call` directly, which should compute in the same dtype.
+        queries = ops.cast(queries, self.compute_dtype)
         return self.call_with_weights(self.explicit_weights(), queries)
 
     def split_call(self, trigger, codes):

@@ -95,6 +95,15 @@ class SinCosPositionEncoding2D(keras.layers.Layer):
     def call(self, locations):
         return position_codes(locations, self.dim, self.compute_dtype)
 
+    def compute_output_spec(self, locations):
+        # Read from the argument itself: Keras' default passes the shapes of
+        # backend tensors only, so NumPy input (as keras-hub's harness and
+        # users pass) would arrive as None.
+        return keras.KerasTensor(
+            self.compute_output_shape(tuple(locations.shape)),
+            dtype=self.compute_dtype,
+        )
+
     def compute_output_shape(self, locations_shape):
         return tuple(locations_shape[:-1]) + (self.dim,)
 

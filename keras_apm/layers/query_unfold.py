@@ -45,6 +45,22 @@ class QueryUnfold(keras.layers.Layer):
         trigger = ops.cast(trigger, self.compute_dtype)
         return unfold_queries(trigger, self.position_codes(locations))
 
+    def build(self, trigger_shape=None, locations_shape=None):
+        # No weights; named like `call`'s arguments so Keras (and
+        # keras-hub's harness) can build it from either shape.
+        self.built = True
+
+    def compute_output_spec(self, trigger, locations):
+        # Read from the argument itself: Keras' default passes the shapes of
+        # backend tensors only, so NumPy input (as keras-hub's harness and
+        # users pass) would arrive as None.
+        return keras.KerasTensor(
+            self.compute_output_shape(
+                tuple(trigger.shape), tuple(locations.shape)
+            ),
+            dtype=self.compute_dtype,
+        )
+
     def compute_output_shape(self, trigger_shape, locations_shape):
         width = None if trigger_shape[-1] is None else (
             trigger_shape[-1] + self.position_dim

@@ -97,6 +97,15 @@ class TriggerColumn(keras.layers.Layer):
     def call(self, images):
         return self.call_with_weights(self.explicit_weights(), images)
 
+    def compute_output_spec(self, images):
+        # Read from the argument itself: Keras' default passes the shapes of
+        # backend tensors only, so NumPy input (as keras-hub's harness and
+        # users pass) would arrive as None.
+        return keras.KerasTensor(
+            self.compute_output_shape(tuple(images.shape)),
+            dtype=self.compute_dtype,
+        )
+
     def compute_output_shape(self, images_shape):
         h = images_shape[1] // self.patch_size
         w = images_shape[2] // self.patch_size

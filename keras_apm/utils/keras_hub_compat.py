@@ -24,6 +24,10 @@ Why each name is needed:
 - `get_preset_loader`, `KerasPresetLoader`: read an image converter from a
   preset whose backbone class has no registered converter subclass (a bare
   `CLIPVisionEncoder`), which `ImageConverter.from_preset` refuses.
+- `keras_hub_test_case()`: keras-hub's own test harness (`TestCase`, with
+  `run_backbone_test`, `run_preset_test`, ...), shipped in the wheel; the
+  test suite checks APM against keras-hub's conventions with it. Loaded on
+  call only: it needs `grain` and TensorFlow (the `test` extra).
 - `in_tf_function`: whether code runs inside `tf.data` / `tf.function`,
   where the image converter must use TensorFlow ops on any Keras backend
   (keras-hub's own preprocessing layers decide the same way).
@@ -72,3 +76,8 @@ in_tf_function = _private("keras_hub.src.utils.tensor_utils", "in_tf_function")
 def preset_utils_module():
     """keras-hub's preset module itself, for tests that patch its downloads."""
     return importlib.import_module(_PRESET_UTILS)
+
+
+def keras_hub_test_case():
+    """keras-hub's `TestCase` class (its test harness), for the test suite."""
+    return _private("keras_hub.src.tests.test_case", "TestCase")

@@ -11,7 +11,11 @@ from keras import ops
 def static_shape(x):
     """The shape of `x` as a tuple of ints, `None` where unknown."""
     shape = getattr(x, "shape", None)
-    if shape is None:
+    if shape is None and hasattr(x, "as_list"):
+        # A `tf.TensorShape` (what Keras passes to `build` on TensorFlow)
+        # is the shape itself; `np.shape` would read it as rank 1.
+        shape = x
+    elif shape is None:
         shape = np.shape(x)
     return tuple(None if d is None else int(d) for d in shape)
 
@@ -113,6 +117,18 @@ def check_image_batch(shape_or_images, patch_size=None, image_shape=None):
             f"Expected a rank-4 batch of channels-last images {expected}. "
             f"Received a tensor of rank {len(shape)} with shape {shape}. "
             "Add a batch axis with `x[None]` for a single image."
+        )
+    if (
+        shape[1] in (1, 3)
+        and shape[3] is not None
+        and shape[3] not in (1, 3, 4)
+        and (image_shape is None or image_shape[0] != shape[1])
+    ):
+        raise ValueError(
+            "Expected channels-last images (batch, height, width, channels); "
+            "an APM reads them so whatever `keras.config.image_data_format()` "
+            f"is. Received shape {shape}, which looks channels-first: "
+            "transpose it, e.g. `np.moveaxis(images, 1, -1)`."
         )
     if image_shape is not None:
         for axis, name in ((1, "height"), (2, "width"), (3, "channels")):

@@ -8,6 +8,7 @@ cell; a *frame* is a list of panels stacked vertically (one step of a run).
 
 import numpy as np
 
+from keras_apm.utils.optional import require
 from keras_apm.visualize import files
 from keras_apm.visualize.images import to_numpy
 
@@ -37,8 +38,9 @@ def panel_figure(rows, title=None, panel_inches=PANEL_INCHES, dpi=DPI):
     save_figure(fig, "out.png")
     ```
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    backend_agg = require("matplotlib.backends.backend_agg", extra="visualize")
+    FigureCanvasAgg = backend_agg.FigureCanvasAgg
+    Figure = require("matplotlib.figure", extra="visualize").Figure
 
     if not rows or not all(isinstance(r, (list, tuple)) and r for r in rows):
         raise ValueError(

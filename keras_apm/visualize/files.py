@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from keras_apm.utils.files import atomic_write
+from keras_apm.utils.optional import require
 
 
 def figure_to_array(fig):
@@ -21,7 +22,7 @@ def figure_to_array(fig):
 
 
 def _to_pil(image, palette=False):
-    from PIL import Image
+    Image = require("PIL.Image", extra="visualize")
 
     array = np.asarray(image)
     if array.dtype != np.uint8:

@@ -1,7 +1,7 @@
 """Images in: read a photo, make it a model input, show model-space colours.
 
 scikit-image (for `skimage:NAME` photos) and Pillow (for image files) are
-optional dependencies (the `keras-apm[examples]` extra), imported on use.
+optional dependencies (the `keras-apm[visualize]` extra), imported on use.
 """
 
 import os
@@ -9,7 +9,7 @@ import os
 import numpy as np
 from keras import ops
 
-EXTRA_HINT = "Install the examples extra: `pip install keras-apm[examples]`."
+from keras_apm.utils.optional import require
 
 
 def to_numpy(x, dtype="float32"):
@@ -37,19 +37,14 @@ def load_image(spec):
     spec = os.fspath(spec)
     if spec.startswith("skimage:"):
         name = spec[len("skimage:") :]
-        try:
-            import skimage.data
-        except ImportError as e:
-            raise ImportError(
-                f"`skimage:` images need scikit-image. {EXTRA_HINT}"
-            ) from e
-        if name.startswith("_") or name not in skimage.data.__all__:
+        skimage_data = require("skimage.data", extra="visualize")
+        if name.startswith("_") or name not in skimage_data.__all__:
             raise ValueError(
                 f"scikit-image has no bundled image {name!r}. Expected e.g. "
                 "skimage:astronaut, skimage:chelsea or skimage:coffee."
             )
         try:
-            image = np.asarray(getattr(skimage.data, name)())
+            image = np.asarray(getattr(skimage_data, name)())
         except Exception as e:  # not an image loader, or needs a download.
             raise ValueError(f"Cannot load skimage:{name}: {e}") from None
     else:
@@ -58,7 +53,7 @@ def load_image(spec):
                 f"Image file {spec!r} does not exist. Expected a file path or "
                 "`skimage:NAME` (e.g. skimage:astronaut)."
             )
-        from PIL import Image
+        Image = require("PIL.Image", extra="visualize")
 
         try:
             with Image.open(spec) as f:

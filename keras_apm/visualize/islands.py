@@ -15,6 +15,7 @@ palette (the `keras-apm[examples]` extra), both imported on use.
 
 import numpy as np
 
+from keras_apm.utils.optional import require
 
 METHODS = ("pca", "tsne", "kmeans")
 
@@ -70,7 +71,7 @@ def cluster_palette(num_colors):
     >>> cluster_palette(3).shape
     (3, 3)
     """
-    import matplotlib
+    matplotlib = require("matplotlib", extra="visualize")
 
     if num_colors <= 10:
         colors = matplotlib.colormaps["tab10"].colors[:num_colors]
@@ -103,7 +104,7 @@ def pca_colors(grids, reference=None, percentile=1.0):
     rgb = pca_colors(model(images)["features"][0])  # (h, w, 3)
     ```
     """
-    from sklearn.decomposition import PCA
+    PCA = require("sklearn.decomposition", extra="visualize").PCA
 
     if not 0.0 <= percentile < 50.0:
         raise ValueError(
@@ -150,7 +151,7 @@ def kmeans_colors(grids, num_clusters=8, reference=None, seed=0):
     rgb, labels = kmeans_colors(grid, num_clusters=5)
     ```
     """
-    from sklearn.cluster import KMeans
+    KMeans = require("sklearn.cluster", extra="visualize").KMeans
 
     if (
         isinstance(num_clusters, bool)
@@ -202,7 +203,7 @@ def tsne_colors(grids, seed=0, perplexity=None):
     rgb = tsne_colors(grid)  # (h, w, 3)
     ```
     """
-    from sklearn.manifold import TSNE
+    TSNE = require("sklearn.manifold", extra="visualize").TSNE
 
     arrays, was_list = _as_list(grids, "grids")
     x = _rows(arrays)

@@ -9,6 +9,7 @@ the figure compares with bilinear upsampling of the patch grid.
 
 import numpy as np
 
+from keras_apm.utils.optional import require
 from keras_apm.visualize import images as images_lib
 from keras_apm.visualize import islands as islands_lib
 
@@ -91,7 +92,7 @@ def bilinear_upsample(grid, factor):
     >>> bilinear_upsample(np.zeros((4, 4, 8)), 3).shape
     (10, 10, 8)
     """
-    from scipy import ndimage
+    ndimage = require("scipy.ndimage", extra="visualize")
 
     g = images_lib.to_numpy(grid)
     if g.ndim != 3:

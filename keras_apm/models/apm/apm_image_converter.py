@@ -3,6 +3,7 @@
 import os
 
 import keras
+import numpy as np
 from keras import ops
 from keras_hub.layers import ImageConverter
 
@@ -81,6 +82,18 @@ class APMImageConverter(ImageConverter):
             offset = [-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]
         kwargs.pop("scale", None)
         kwargs.pop("offset", None)
+        # An APM reads channels-last images whatever Keras' global
+        # `image_data_format` is (see `APM`), so its converter does too:
+        # following the global format would hand the default pair
+        # (converter, model) transposed images under "channels_first".
+        data_format = kwargs.pop("data_format", None)
+        if data_format not in (None, "channels_last"):
+            raise ValueError(
+                "`APMImageConverter` works on channels-last images (H, W, C), "
+                "like the APM itself, whatever "
+                "`keras.config.image_data_format()` is. Received: "
+                f"data_format={data_format!r}"
+            )
         super().__init__(
             image_size=image_size,
             scale=scale,
@@ -88,12 +101,14 @@ class APMImageConverter(ImageConverter):
             crop_to_aspect_ratio=crop_to_aspect_ratio,
             interpolation=interpolation,
             antialias=antialias,
+            data_format="channels_last",
             **kwargs,
         )
         self.scaling = scaling
         self.channel_order = channel_order
 
     def _call_python(self, inputs):
+        _check_channels_last(inputs)
         x = super()._call_python(inputs)
         if self.scaling != "minmax" and self.channel_order == "rgb":
             return x
@@ -108,6 +123,12 @@ class APMImageConverter(ImageConverter):
                 tf.reduce_max,
                 lambda t: tf.reverse(t, [-1]),
             )
+        elif isinstance(x, np.ndarray):
+            # Inside a Grain pipeline keras-hub hands back NumPy arrays
+            # (Grain pickles them across workers): stay in NumPy.
+            cast = lambda t, dtype: np.asarray(t, dtype)  # noqa: E731
+            amin, amax = np.min, np.max
+            flip = lambda t: np.flip(t, axis=-1)  # noqa: E731
         else:
             cast, amin, amax = ops.cast, ops.min, ops.max
             flip = lambda t: ops.flip(t, axis=-1)  # noqa: E731
@@ -163,3 +184,25 @@ class APMImageConverter(ImageConverter):
             {"scaling": self.scaling, "channel_order": self.channel_order}
         )
         return config
+
+
+def _check_channels_last(images):
+    """Refuses what looks like channels-first images `(..., C, H, W)`.
+
+    Only array-likes with a known static shape are checked: a last axis
+    that cannot be channels (not 1, 3 or 4) behind a 1- or 3-long axis.
+    """
+    shape = getattr(images, "shape", None)
+    if shape is None or len(shape) not in (3, 4):
+        return
+    shape = tuple(shape)
+    channels, first = shape[-1], shape[-3]
+    if channels is None or first is None:
+        return
+    if int(channels) not in (1, 3, 4) and int(first) in (1, 3):
+        raise ValueError(
+            "`APMImageConverter` takes channels-last images (height, width, "
+            "channels), whatever `keras.config.image_data_format()` is. "
+            f"Received shape {shape}, which looks channels-first: transpose "
+            "it, e.g. `np.moveaxis(images, -3, -1)`."
+        )
