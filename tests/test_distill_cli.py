@@ -195,9 +195,42 @@ def test_demo_writes_summary_and_student(tmp_path, data_dir, capsys):
     for key in ("grid_cosine", "global_cosine"):
         assert -1 <= summary[key] <= 1
     assert summary["seconds"] > 0
+    assert summary["recipe"] == "digits_demo"
+    assert len(summary["history"]["val_grid_cosine"]) == 1  # the curves
+    with open(os.path.join(out, "metrics.json")) as f:
+        assert json.load(f)["settings"]["teacher"] == "vit_tiny_digits"
+    # One numbered line per stage, in order, then the closing table.
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    stages = [i for i, line in enumerate(lines) if line.startswith("[")]
+    assert [lines[i][:5] for i in stages] == [f"[{i}/5]" for i in range(1, 6)]
+    header, row = lines[-2:]
+    assert header.split() == [
+        "teacher", "top-1", "grid", "cosine", "global", "cosine", "seconds",
+    ]
+    figures = [float(x) for x in row.split()]
+    assert figures[:3] == pytest.approx(
+        [summary[k] for k in ("teacher_accuracy", "grid_cosine",
+                              "global_cosine")], abs=1e-4,
+    )
+    # The figure: four rows of panels beside the curves, not a blank page.
+    from PIL import Image
+
+    with Image.open(os.path.join(out, "summary.png")) as png:
+        pixels = np.asarray(png.convert("RGB"), "float32")
+    assert pixels.shape[1] > pixels.shape[0] > 400
+    assert pixels.std() > 10
     student = keras_apm.APM.from_preset(os.path.join(out, "student"))
     images = np.zeros((1, 32, 32, 3), "float32")
     assert student(images)["features"].shape == (1, 8, 8, 64)
+    # The same demo again: refused, or resumed (nothing left to train).
+    argv = ["demo", "--output", out, "--epochs", "1", "--data-dir", data_dir]
+    assert main(argv) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 0
+    with open(os.path.join(out, "metrics.json")) as f:
+        assert json.load(f)["settings"]["initial_epoch"] == 1
+
 
 def test_digits_recipe_supplies_teacher_data_and_settings(tmp_path, data_dir):
     out = str(tmp_path / "run")
@@ -220,6 +253,8 @@ def test_digits_recipe_supplies_teacher_data_and_settings(tmp_path, data_dir):
     assert settings["schedule"] == digits.schedule == "cosine"
     assert tuple(settings["trunk_widths"]) == digits.trunk_widths
     assert settings["validation_split"] is None
+
+
 def test_recipes_refuse_unknown_names_and_settings(tmp_path, capsys):
     with pytest.raises(ValueError, match="no_such_recipe"):
         get_recipe("no_such_recipe")
@@ -233,6 +268,8 @@ def test_recipes_refuse_unknown_names_and_settings(tmp_path, capsys):
     assert "--teacher is required" in capsys.readouterr().err
     assert main(argv[:1] + ["--recipe", "nope"] + argv[1:]) == 2
     assert "--recipe" in capsys.readouterr().err
+
+
 def test_cli_choices_and_defaults_come_from_the_modules():
     from keras_apm.cli import build_parser
     from keras_apm.convert.official import OFFICIAL_VARIANTS
@@ -258,19 +295,17 @@ def test_cli_choices_and_defaults_come_from_the_modules():
     assert set(options("ttt")["recipe"].choices) == set(ttt_recipes.RECIPES)
     assert set(options("distill")["recipe"].choices) == set(RECIPES)
     assert tuple(options("distill")["schedule"].choices) == SCHEDULES
-    assert options("demo")["epochs"].default == RECIPES["digits"].epochs
+    assert options("demo")["epochs"].default == RECIPES["digits_demo"].epochs
     for action in ("islands", "overfit", "interpolate", "upsample"):
         assert tuple(options("visualize", action)["method"].choices) == METHODS
-    # The same demo again: refused, or resumed (nothing left to train).
-    argv = ["demo", "--output", out, "--epochs", "1", "--data-dir", data_dir]
-    assert "--resume" in capsys.readouterr().err
-    assert main([*argv, "--resume"]) == 0
-        assert json.load(f)["settings"]["initial_epoch"] == 1
+
+
 def test_a_locked_or_read_only_output_fails_before_any_work(
     tmp_path, data_dir, capsys, monkeypatch
 ):
     def no_work(*args, **kwargs):
         raise AssertionError("the teacher was loaded before the checks")
+
     monkeypatch.setattr("keras_apm.distill.recipe.load_teacher", no_work)
     base = [
         "distill", "--teacher", "vit_tiny_digits", "--dataset",
@@ -291,10 +326,14 @@ def test_a_locked_or_read_only_output_fails_before_any_work(
         assert "not writable" in capsys.readouterr().err
         argv = [*base, "--output", str(out), "--cache", os.path.join(ro, "c")]
         assert main(argv) == 2
+        assert "not writable" in capsys.readouterr().err
     assert os.listdir(out) == []  # nothing left behind
+
+
 def test_a_diverging_run_stops_and_saves_nothing(tmp_path, data_dir):
     # A finite but absurd learning rate: the loss overflows within the
     # first epoch. It used to train on and save a NaN student.
+    out = tmp_path / "run"
     with pytest.raises(ValueError, match="training loss became (nan|inf)"):
         distill(
             "vit_tiny_digits", "sklearn_digits", out, split="train[:64]",
@@ -304,6 +343,8 @@ def test_a_diverging_run_stops_and_saves_nothing(tmp_path, data_dir):
     assert not out.exists()
     with pytest.raises(ValueError, match="`learning_rate` must be a finite"):
         distill("vit_tiny_digits", "sklearn_digits", out, learning_rate=-1.0)
+
+
 def test_checkpoints_prune_by_this_runs_timeline_and_refuse_nan(tmp_path):
     teacher = load_teacher("vit_tiny_digits")
     student = resolve_student(None, teacher, trunk_widths=(16,))[0]
@@ -325,11 +366,15 @@ def test_checkpoints_prune_by_this_runs_timeline_and_refuse_nan(tmp_path):
     weight.assign(np.full(weight.shape, np.nan, "float32"))
     with pytest.raises(ValueError, match="Refusing to save.*NaN/Inf"):
         checkpoint.save(distiller, 2)
+    with pytest.raises(ValueError, match="Refusing to save.*NaN/Inf"):
         save_student_preset(student, tmp_path / "student")
     assert checkpoint.checkpoints() == ["epoch_00001"]
     assert not (tmp_path / "student").exists()
+
+
 def test_demo_checks_epochs(tmp_path, capsys):
     # `--epochs 0` used to run the 60-epoch default.
     out = tmp_path / "demo"
     assert main(["demo", "--output", str(out), "--epochs", "0"]) == 2
     assert "--epochs must be an int >= 1, got 0" in capsys.readouterr().err
+    assert not out.exists()
