@@ -620,7 +620,7 @@ def cache_teacher_features(
                 break
         else:
             ended = True
-    if verbose and written:
+    if verbose and written and seen != total:  # a known total finalizes
         progress.update(seen, finalize=True)
     if not ended:
         return manifest
