@@ -196,6 +196,31 @@ def test_demo_writes_summary_and_student(tmp_path, data_dir, capsys):
     for key in ("grid_cosine", "global_cosine"):
         assert -1 <= summary[key] <= 1
     assert summary["seconds"] > 0
+    assert summary["recipe"] == "digits_demo"
+    assert len(summary["history"]["val_grid_cosine"]) == 1  # the curves
+    with open(os.path.join(out, "metrics.json")) as f:
+        assert json.load(f)["settings"]["teacher"] == "vit_tiny_digits"
+    # One numbered line per stage, in order, then the closing table.
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    stages = [i for i, line in enumerate(lines) if line.startswith("[")]
+    assert [lines[i][:5] for i in stages] == [f"[{i}/5]" for i in range(1, 6)]
+    header, row = lines[-2:]
+    assert header.split() == [
+        "teacher", "top-1", "grid", "cosine", "global", "cosine", "seconds",
+    ]
+    figures = [float(x) for x in row.split()]
+    assert figures[:3] == pytest.approx(
+        [summary[k] for k in ("teacher_accuracy", "grid_cosine",
+                              "global_cosine")], abs=1e-4,
+    )
+    # The figure: four rows of panels beside the curves, not a blank page.
+    from PIL import Image
+
+    with Image.open(os.path.join(out, "summary.png")) as png:
+        pixels = np.asarray(png.convert("RGB"), "float32")
+    assert pixels.shape[1] > pixels.shape[0] > 400
+    assert pixels.std() > 10
     student = keras_apm.APM.from_preset(os.path.join(out, "student"))
     images = np.zeros((1, 32, 32, 3), "float32")
     assert student(images)["features"].shape == (1, 8, 8, 64)
@@ -353,6 +378,6 @@ def test_cli_choices_and_defaults_come_from_the_modules():
     assert set(options("ttt")["recipe"].choices) == set(ttt_recipes.RECIPES)
     assert set(options("distill")["recipe"].choices) == set(RECIPES)
     assert tuple(options("distill")["schedule"].choices) == SCHEDULES
-    assert options("demo")["epochs"].default == RECIPES["digits"].epochs
+    assert options("demo")["epochs"].default == RECIPES["digits_demo"].epochs
     for action in ("islands", "overfit", "interpolate", "upsample"):
         assert tuple(options("visualize", action)["method"].choices) == METHODS

@@ -1,8 +1,9 @@
 """Distills the `apm_tiny_digits` preset shipped with keras_apm.
 
-Runs the demo's recipe (`keras_apm.distill.digits`: the `vit_tiny_digits`
-teacher, the sklearn_digits train split, teacher targets cached once,
-the recipe's epochs of `fit`) and writes the student as a preset, with a
+Runs the `"digits"` recipe (`keras_apm.distill.digits`: the
+`vit_tiny_digits` teacher, the sklearn_digits train split, teacher targets
+cached once, the recipe's 60 epochs of `fit`; `keras-apm demo` runs the
+shorter `"digits_demo"`) and writes the student as a preset, with a
 `training.json` holding the test-split figures (grid and global cosine to
 the teacher), the seed, the epochs, the wall time and the backend. The
 folder is written under a temporary name and renamed when complete; below

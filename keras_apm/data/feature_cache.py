@@ -563,7 +563,11 @@ def cache_teacher_features(
     while first in valid:
         first += 1
     run_teacher = _teacher_function(teacher, image_shape, batch_size)
-    progress = keras.utils.Progbar(None, verbose=verbose, unit_name="image")
+    # A known length (e.g. an unbatched TFDS split) gives a real bar.
+    total = int(elements.cardinality())
+    progress = keras.utils.Progbar(
+        total if total >= 0 else None, verbose=verbose, unit_name="image"
+    )
     written = seen = 0
     count = first
     ended = end is not None and first >= end
@@ -618,7 +622,7 @@ def cache_teacher_features(
                 break
         else:
             ended = True
-    if verbose and written:
+    if verbose and written and seen != total:  # a known total finalizes
         progress.update(seen, finalize=True)
     if not ended:
         return manifest

@@ -265,13 +265,17 @@ def _tfds_dataset(
                 f"class label. Received shape {features[label_key].shape}."
             )
         wanted.append(label_key)
-    read_config = None
+    # No TFDS auto-cache of small splits: a `.cache()` read only in part
+    # (the feature cache's first-image check, a `take(n)` preview) makes
+    # TensorFlow warn and drop it; re-reading a small split is cheap.
+    read_config = tfds.ReadConfig(try_autocache=False)
     if shuffle:
         # Asking to shuffle overrides a builder's fixed example order
         # (`disable_shuffling=True`, as `sklearn_digits` has), which TFDS
         # otherwise guards with an error.
         read_config = tfds.ReadConfig(
-            shuffle_seed=seed, enable_ordering_guard=False
+            shuffle_seed=seed, enable_ordering_guard=False,
+            try_autocache=False,
         )
     ds = builder.as_dataset(
         split=split,

@@ -86,7 +86,8 @@ def _final(history, prefix=""):
 def distill(teacher=None, dataset=None, output=None, recipe="default",
             student=None, cache=None, resume=False, data_dir=None,
             verbose="auto", overwrite=False, coordinator=None,
-            num_processes=None, process_id=None, **overrides):
+            num_processes=None, process_id=None, callbacks=None,
+            **overrides):
     """Distills a teacher preset into an APM on a dataset; saves everything.
 
     Writes, under `output`: `checkpoints/` (one per epoch, the newest
@@ -125,6 +126,9 @@ def distill(teacher=None, dataset=None, output=None, recipe="default",
             settings (default: the engines' environment variables; see
             `keras_apm.distill.distribution.initialize`). `batch_size` is
             the global batch; only process 0 writes files.
+        callbacks: more `keras.callbacks.Callback`s for `fit` (e.g. to
+            record the curves or report progress); they change nothing
+            learned.
 
     Returns:
         The `metrics.json` dict.
@@ -182,7 +186,7 @@ def distill(teacher=None, dataset=None, output=None, recipe="default",
         group.barrier()
         arguments.update(resume=run.resuming, run_id=run.run_id, group=group)
         del arguments["overwrite"]
-        return _distill(**arguments)
+        return _distill(**arguments, callbacks=callbacks)
 
 
 class _Joined:
@@ -261,7 +265,7 @@ def _check_settings(arguments):
 def _distill(
     teacher, dataset, output, recipe, split, validation_split, student, levels,
     epochs, batch_size, learning_rate, schedule, trunk_widths, cache, resume,
-    seed, data_dir, verbose, run_id, group,
+    seed, data_dir, verbose, run_id, group, callbacks=None,
 ):
     """`distill` in its claimed output directory."""
     from keras_apm.distill.checkpoint import DistillCheckpoint
@@ -330,7 +334,8 @@ def _distill(
             initial_epoch=initial_epoch,
             # Only the chief writes checkpoints; every process stops on NaN.
             callbacks=[StopOnNonFiniteLoss()]
-            + ([checkpoint] if group.is_chief else []),
+            + ([checkpoint] if group.is_chief else [])
+            + list(callbacks or []),
             verbose=verbose,
             shuffle=False,  # the pipeline shuffles (tf.data ignores it)
         ).history
