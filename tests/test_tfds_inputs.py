@@ -140,9 +140,14 @@ def test_teacher_uses_keras_hub_converter(vit_preset):  # noqa: F811
     )
 
 
-def test_ttt_rgb_target_is_the_distillation_target(vit_preset):  # noqa: F811
+@pytest.fixture(scope="module")
+def trainer(vit_preset):  # noqa: F811
+    # One compiled trainer (2 images a step) for the TTT tests below.
     teacher = Teacher.from_preset(vit_preset)
-    trainer = TestTimeTrainer(None, teacher, steps=1, rgb_weight=0.1)
+    return TestTimeTrainer(None, teacher, steps=1, batch_size=2, rgb_weight=0.1)
+
+
+def test_ttt_rgb_target_is_the_distillation_target(trainer):
     images = np.random.default_rng(1).uniform(0, 255, (2, 16, 16, 3))
     captured = {}
     engine_adapt = trainer.engine.adapt
@@ -152,7 +157,10 @@ def test_ttt_rgb_target_is_the_distillation_target(vit_preset):  # noqa: F811
         return engine_adapt(inputs, target, grid=grid, rgb=rgb)
 
     trainer.engine.adapt = spy
-    trainer.adapt(images.astype("float32"))
+    try:
+        trainer.adapt(images.astype("float32"))
+    finally:
+        del trainer.engine.adapt
     expected = patch_rgb_target(
         images.astype("float32"), trainer.student.patch_size
     )
@@ -163,14 +171,12 @@ def test_ttt_rgb_target_is_the_distillation_target(vit_preset):  # noqa: F811
         trainer.adapt(images / 255.0)
 
 
-@pytest.mark.parametrize("as_supervised", [False, True])
-def test_ttt_evaluate_on_tfds_load(vit_preset, mock_tfds, as_supervised):  # noqa: F811
-    teacher = Teacher.from_preset(vit_preset)
-    trainer = TestTimeTrainer(None, teacher, steps=1, batch_size=2)
-    ds = tfds.load(VARYING, split="test", as_supervised=as_supervised)
-    record = evaluate(trainer, ds.take(3), verbose=0)
-    assert record["num_images"] == 3
-    assert record["accuracy_apm"] is not None
+def test_ttt_evaluate_on_tfds_load(trainer, mock_tfds):
+    for as_supervised in (False, True):
+        ds = tfds.load(VARYING, split="test", as_supervised=as_supervised)
+        record = evaluate(trainer, ds.take(3), verbose=0)
+        assert record["num_images"] == 3
+        assert record["accuracy_apm"] is not None
 
 
 @pytest.mark.parametrize("name", [FIXED, VARYING])

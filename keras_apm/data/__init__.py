@@ -21,6 +21,7 @@ from keras_apm.data.feature_cache import load_feature_cache
 from keras_apm.data.images import IMAGE_EXTENSIONS
 from keras_apm.data.images import image_dataset
 from keras_apm.data.images import list_image_files
+from keras_apm.data.inputs import model_inputs
 from keras_apm.data.sklearn_digits import SklearnDigits
 from keras_apm.data.sklearn_digits import digits_split_indices
 from keras_apm.data.sklearn_digits import upscale_digits
@@ -33,5 +34,6 @@ __all__ = [
     "image_dataset",
     "list_image_files",
     "load_feature_cache",
+    "model_inputs",
     "upscale_digits",
 ]
