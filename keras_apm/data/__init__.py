@@ -23,6 +23,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
     """
     feature_cache: cache_teacher_features load_feature_cache
     images: IMAGE_EXTENSIONS image_dataset list_image_files
+    inputs: model_inputs
     sklearn_digits: SklearnDigits digits_split_indices upscale_digits
 """,
 )

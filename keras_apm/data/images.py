@@ -225,6 +225,15 @@ def _tfds_builder(source, data_dir):
         ) from None
 
 
+def _known_splits(builder):
+    """`": one of [...]"` when TFDS lists the builder's splits, else `""`."""
+    try:
+        names = sorted(builder.info.splits.keys())
+    except Exception:  # a builder without split metadata
+        names = []
+    return f": one of {names}" if names else ""
+
+
 def _tfds_dataset(
     builder, split, with_labels, shuffle, seed, image_key, label_key
 ):
@@ -234,17 +243,9 @@ def _tfds_dataset(
         builder.download_and_prepare()
     if split is None:
         raise ValueError(
-            f"Expected a split of {builder.name}: one of "
-            f"{sorted(builder.info.splits.keys())}. Received split=None."
+            f"Expected a split of {builder.name}{_known_splits(builder)}. "
+            "Received split=None."
         )
-    try:
-        builder.info.splits[split]
-    except (KeyError, ValueError, TypeError) as e:
-        raise ValueError(
-            f"Expected a split of {builder.name}: one of "
-            f"{sorted(builder.info.splits.keys())} or an expression over "
-            f"them such as 'train[:10%]'. Received split={split!r} ({e})."
-        ) from None
     features = builder.info.features
     keys = sorted(features.keys()) if hasattr(features, "keys") else []
     if image_key not in keys:
@@ -277,13 +278,22 @@ def _tfds_dataset(
             shuffle_seed=seed, enable_ordering_guard=False,
             try_autocache=False,
         )
-    ds = builder.as_dataset(
-        split=split,
-        shuffle_files=shuffle,
-        read_config=read_config,
-        # Decode only what we return (skips e.g. large extra images).
-        decoders=tfds.decode.PartialDecoding({k: True for k in wanted}),
-    )
+    try:
+        # TFDS alone knows which splits (and split expressions) exist, also
+        # under `tfds.testing.mock_data`: ask it rather than a table.
+        ds = builder.as_dataset(
+            split=split,
+            shuffle_files=shuffle,
+            read_config=read_config,
+            # Decode only what we return (skips e.g. large extra images).
+            decoders=tfds.decode.PartialDecoding({k: True for k in wanted}),
+        )
+    except (KeyError, ValueError, TypeError) as e:
+        raise ValueError(
+            f"Expected a split of {builder.name}{_known_splits(builder)} or "
+            "an expression over them such as 'train[:10%]'. Received "
+            f"split={split!r}; TFDS says: {e}"
+        ) from e
     ds = ds.map(
         lambda ex: tuple(ex[k] for k in wanted),
         num_parallel_calls=tf.data.AUTOTUNE,

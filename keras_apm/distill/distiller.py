@@ -1,6 +1,7 @@
 """`APMDistiller`: `model.fit` distillation of an APM student from a teacher."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_apm.backend import backend_module
@@ -12,6 +13,7 @@ from keras_apm.models.apm.apm_outputs import GLOBAL
 from keras_apm.models.apm.apm_outputs import LEVELS
 from keras_apm.models.apm.apm_outputs import RGB
 from keras_apm.utils.validation import check_pixel_dtype
+from keras_apm.utils.validation import check_raw_pixels
 from keras_apm.utils.validation import static_shape
 
 GLOBAL_LOSSES = ("cosine", "mse")
@@ -264,9 +266,14 @@ class APMDistiller(keras.Model):
                 f"Expected images of the student's size {expected}. Received "
                 f"shape {shape}. Resize them in the pipeline, e.g. "
                 f"`keras_apm.data.image_dataset(..., image_size=({height}, "
-                f"{width}))`."
+                f"{width}))`, or pass the `tf.data.Dataset` to `fit` as it "
+                "is (see `APMDistiller.adapt_dataset`)."
             )
         check_pixel_dtype(images)
+        if isinstance(images, np.ndarray):
+            # Host arrays only: reading device tensors back every training
+            # step would stall it (pipelines assert in `model_inputs`).
+            check_raw_pixels(images, "the distiller's images")
 
     def _cached_targets(self, batch):
         missing = [k for k in self._required_keys() if k not in batch]
@@ -345,7 +352,12 @@ class APMDistiller(keras.Model):
             if "grid" in data:
                 targets = self._cached_targets(data)
             else:
-                targets = self._teacher_targets(ops.cast(images, "float32"))
+                # `model_inputs` resizes the original image to the teacher's
+                # size when it differs from the student's.
+                teacher_images = data.get("teacher_images", images)
+                targets = self._teacher_targets(
+                    ops.cast(teacher_images, "float32")
+                )
         else:
             images = data
             if not hasattr(images, "shape"):
@@ -371,6 +383,76 @@ class APMDistiller(keras.Model):
         images, targets = self.targets(data)
         outputs = self.student(self.image_converter(images), training=training)
         return {"outputs": outputs, "targets": targets}
+
+    # ------------------------------------------------------------------
+    # Inputs as users load them: `tf.data` pipelines are adapted before
+    # Keras sees them (string fields would fail its data adapter on
+    # JAX/torch, and images of varying size must be resized before batching).
+
+    def adapt_dataset(self, dataset, batch_size=None):
+        """Maps a user's `tf.data.Dataset` to the distiller's batches.
+
+        `tfds.load(...)` feature dicts (`"image"`; other fields such as
+        string ids are dropped) and `as_supervised=True` tuples, batched or
+        not, uint8 or float `[0, 255]` images of any and varying size, become
+        batches of `{"images"[, "teacher_images"]}`: raw float32 pixels at
+        the student's size (and the original resized to the teacher's size
+        when that differs). Datasets of dicts that already hold `"images"`
+        (e.g. `keras_apm.data.load_feature_cache`) and anything that is not
+        a `tf.data.Dataset` are returned unchanged. `fit`, `evaluate` and
+        `predict` call this themselves.
+
+        Example:
+        >>> ds = tfds.load("cifar10", split="train")  # {"id", "image", ...}
+        >>> distiller.fit(ds, epochs=1)  # same as fit(adapt_dataset(ds))
+        """
+        # Only a `tf.data.Dataset` is adapted; checked by module first so
+        # that NumPy inputs do not import TensorFlow on JAX/torch.
+        if not type(dataset).__module__.startswith("tensorflow"):
+            return dataset
+        from keras_apm.data import inputs
+
+        if not inputs.is_adaptable(dataset):
+            return dataset
+        spec = dataset.element_spec
+        if isinstance(spec, (tuple, list)) and spec:
+            spec = spec[0]
+        if isinstance(spec, dict) and "images" in spec:
+            return dataset
+        teacher_size = None
+        if self.teacher is not None:
+            teacher_size = self.teacher.image_size
+        return inputs.model_inputs(
+            dataset,
+            image_size=self.student.image_shape[:2],
+            batch_size=32 if batch_size is None else batch_size,
+            teacher_image_size=teacher_size,
+        )
+
+    def _check_host_pixels(self, x):
+        # In-memory images are checked once here rather than per step.
+        images = x.get("images") if isinstance(x, dict) else x
+        if isinstance(images, np.ndarray):
+            check_raw_pixels(images, "the distiller's images")
+
+    def fit(self, x=None, y=None, batch_size=None, **kwargs):
+        """`keras.Model.fit`, on `tf.data` pipelines as `tfds.load` gives
+        them (see `adapt_dataset`; `batch_size` batches unbatched ones)."""
+        if self.adapt_dataset(x) is not x:
+            x, batch_size = self.adapt_dataset(x, batch_size), None
+        self._check_host_pixels(x)
+        if kwargs.get("validation_data") is not None:
+            kwargs["validation_data"] = self.adapt_dataset(
+                kwargs["validation_data"]
+            )
+        return super().fit(x, y, batch_size=batch_size, **kwargs)
+
+    def evaluate(self, x=None, y=None, batch_size=None, **kwargs):
+        """`keras.Model.evaluate`, adapting `tf.data` like `fit`."""
+        if self.adapt_dataset(x) is not x:
+            x, batch_size = self.adapt_dataset(x, batch_size), None
+        self._check_host_pixels(x)
+        return super().evaluate(x, y, batch_size=batch_size, **kwargs)
 
     def compute_losses(self, results):
         """`(total_loss, terms)` from `call`'s result; see `losses`."""

@@ -56,6 +56,13 @@ def mean_cosine(predictions, targets):
 def patch_rgb_target(images, patch_size, scaling="minmax", channel_order="rgb"):
     """The RGB head's target: the image average-pooled over each patch.
 
+    The one definition of the target, used by distillation
+    (`APMDistiller`) and test-time training (`TestTimeTrainer`): computed
+    from raw pixels at the student's input size, not from the converted
+    student input, so that it does not depend on the student's converter
+    (`"unit"`, `"imagenet"`, `"minmax"`) and TTT regresses exactly what the
+    head was distilled to.
+
     The official COCO recipe scales each image to `[0, 1]` by its own
     minimum and maximum and regresses the pooled input. Because that scaling
     is affine per image, it is applied after the pooling here (same numbers,

@@ -39,13 +39,22 @@ def _batched_inputs(
     from keras_apm.data import image_dataset
     from keras_apm.data import load_feature_cache
 
+    from keras_apm.data.inputs import model_inputs
+
     kwargs = {"image_size": image_size}
     if data_dir is not None:
         kwargs["data_dir"] = data_dir
     if cache is None:
-        return image_dataset(
-            dataset, split=split, batch_size=batch_size, shuffle=shuffle,
-            seed=seed, **kwargs,
+        # Raw images of each example's own size, resized once to the
+        # student's and once to the teacher's size (not the student's image
+        # upscaled again by the teacher).
+        kwargs.pop("image_size")
+        images = image_dataset(
+            dataset, split=split, shuffle=shuffle, seed=seed, **kwargs
+        )
+        return model_inputs(
+            images, image_size, batch_size=batch_size,
+            teacher_image_size=teacher.image_size, check_first_batch=False,
         )
     # One sub-folder per split expression ("train[:10%]" -> "train_10_").
     folder = os.path.join(cache, re.sub(r"[^A-Za-z0-9_.-]", "_", split))

@@ -311,20 +311,11 @@ class Teacher(keras.layers.Layer):
         """
         images = self._check_images(images)
         x = ops.cast(images, "float32")
-        x = ops.image.resize(
-            x,
-            size=self.image_size,
-            interpolation=self.interpolation,
-            antialias=self.antialias,
-            crop_to_aspect_ratio=self.crop_to_aspect_ratio,
-            pad_to_aspect_ratio=self.pad_to_aspect_ratio,
-            data_format="channels_last",
-        )
-        if self.scale is not None:
-            x = x * self._channel_constant(self.scale)
-        if self.offset is not None:
-            x = x + self._channel_constant(self.offset)
-        return x
+        # keras-hub's own converter does the work (resize, then
+        # `x * scale + offset`). Its `_call_python` is what its `call` runs
+        # outside tf.function/tf.data; `call` would, inside a TensorFlow
+        # training step, take its tf.data route pinned to the CPU.
+        return self.converter._call_python(x)
 
     def call(self, images):
         pixels = self.preprocess(images)
@@ -511,13 +502,6 @@ class Teacher(keras.layers.Layer):
                         "`ImageConverter` (with `scale`, `offset` and "
                         f"`resizing`). Received {type(converter).__name__}."
                     )
-            if getattr(converter, "data_format", "channels_last") != (
-                "channels_last"
-            ):
-                raise ValueError(
-                    "Expected a channels_last image converter. Received "
-                    f"data_format={converter.data_format!r}."
-                )
             scale, offset = converter.scale, converter.offset
             resizing = converter.resizing
             self.interpolation = resizing.interpolation
@@ -526,6 +510,34 @@ class Teacher(keras.layers.Layer):
             self.pad_to_aspect_ratio = bool(resizing.pad_to_aspect_ratio)
         self.scale = teacher_utils.normalization_values(scale, "scale")
         self.offset = teacher_utils.normalization_values(offset, "offset")
+        # One owner of the teacher's preprocessing: keras-hub's
+        # `ImageConverter` (the preset's own class and settings, or the
+        # family's defaults), resized to the backbone's input size and kept
+        # channels_last (`call` transposes for channels_first backbones).
+        if converter is None:
+            self.converter = keras_hub.layers.ImageConverter(
+                image_size=self.image_size,
+                scale=None if self.scale is None else np.asarray(
+                    self.scale
+                ).tolist(),
+                offset=None if self.offset is None else np.asarray(
+                    self.offset
+                ).tolist(),
+                interpolation=self.interpolation,
+                antialias=self.antialias,
+                crop_to_aspect_ratio=self.crop_to_aspect_ratio,
+                pad_to_aspect_ratio=self.pad_to_aspect_ratio,
+                data_format="channels_last",
+                dtype="float32",
+            )
+        else:
+            config = converter.get_config()
+            config.update(
+                image_size=self.image_size,
+                data_format="channels_last",
+                dtype="float32",
+            )
+            self.converter = type(converter).from_config(config)
 
     # ------------------------------------------------------------------
     # Construction from presets and serialization.

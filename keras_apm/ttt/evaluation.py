@@ -78,6 +78,41 @@ def ttt_dataset(
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def _adapt_dataset(dataset, trainer):
+    """`(images, labels)` batches from a user's `tf.data` pipeline.
+
+    `tfds.load` feature dicts (other fields, e.g. string ids, dropped),
+    `as_supervised=True` tuples and plain images, batched or not, of any and
+    varying size, are resized to the teacher's input size (the student's
+    converter resizes from there) and batched at the trainer's batch size.
+    Batched `(images, labels)` pipelines (`ttt_dataset`) and other
+    iterables pass unchanged.
+    """
+    if not type(dataset).__module__.startswith("tensorflow"):
+        return dataset
+    import tensorflow as tf
+
+    if not isinstance(dataset, tf.data.Dataset):
+        return dataset
+    spec = dataset.element_spec
+    if (
+        isinstance(spec, tuple)
+        and len(spec) == 2
+        and isinstance(spec[0], tf.TensorSpec)
+        and spec[0].shape.rank == 4
+    ):
+        return dataset
+    from keras_apm.data.inputs import model_inputs
+
+    ds = model_inputs(
+        dataset,
+        image_size=trainer.teacher.image_size,
+        batch_size=trainer.batch_size,
+        with_labels=True,
+    )
+    return ds.map(lambda inputs, labels: (inputs["images"], labels))
+
+
 def _check_finite_result(result, first_index):
     """Stops on a diverged adaptation: its predictions would mean nothing."""
     bad = ~np.isfinite(result["loss"]).all(axis=1)
@@ -99,8 +134,11 @@ def evaluate(trainer, dataset, verbose=1, settings=None):
 
     Args:
         trainer: a `keras_apm.TestTimeTrainer`.
-        dataset: iterable of `(images, labels)` batches (e.g. `ttt_dataset`);
-            labels < 0 mean unknown.
+        dataset: iterable of `(images, labels)` batches (e.g. `ttt_dataset`;
+            labels < 0 mean unknown), or a `tf.data.Dataset` as `tfds.load`
+            returns it (feature dicts or `as_supervised=True` tuples,
+            unbatched, images of any size: resized to the teacher's input
+            size and batched at the trainer's batch size).
         verbose: 1 shows a `keras.utils.Progbar`.
         settings: dict of extra entries recorded under `"settings"`.
 
@@ -114,6 +152,7 @@ def evaluate(trainer, dataset, verbose=1, settings=None):
     Raises:
         ValueError: as soon as an image's adaptation diverges (NaN/Inf).
     """
+    dataset = _adapt_dataset(dataset, trainer)
     num_batches = None
     if hasattr(dataset, "cardinality"):  # tf.data: known for TFDS and folders
         num_batches = int(dataset.cardinality())

@@ -16,6 +16,8 @@ from keras_apm.ttt.classifiers import LinearHeadClassifier
 from keras_apm.ttt.student import INITS
 from keras_apm.ttt.student import initialize_student
 from keras_apm.ttt.student import student_preprocessor
+from keras_apm.utils.validation import check_raw_pixels
+from keras_apm.distill.losses import patch_rgb_target
 
 ENGINES = ("batched", "per_image")
 
@@ -264,9 +266,14 @@ class TestTimeTrainer:
         inputs = ops.cast(self.preprocessor(images), "float32")
         rgb = None
         if self.rgb_weight > 0:
-            # The RGB target: the student's input average-pooled per patch.
-            (h, w), p = self.student.grid_shape, self.student.patch_size
-            rgb = ops.mean(ops.reshape(inputs, (-1, h, p, w, p, 3)), axis=(2, 4))
+            # The RGB head's target as distillation defines it (one function:
+            # the raw pixels at the student's size, per-patch mean, per-image
+            # min-max), so TTT regresses what the head learned.
+            rgb = patch_rgb_target(
+                self._student_sized(images),
+                self.student.patch_size,
+                channel_order=getattr(self.preprocessor, "channel_order", "rgb"),
+            )
         if engine == "batched":
             out = self.engine.adapt(inputs, target, grid=grid, rgb=rgb)
         else:
@@ -279,6 +286,14 @@ class TestTimeTrainer:
             "scores": self.classifier.scores(vectors),
             "teacher_scores": self.classifier.teacher_scores(outputs),
         }
+
+    def _student_sized(self, images):
+        """Raw images resized as the student's converter resizes them."""
+        resizing = getattr(self.preprocessor, "resizing", None)
+        x = ops.cast(images, "float32")
+        if resizing is not None and getattr(resizing, "height", None):
+            return resizing(x)
+        return ops.image.resize(x, self.student.image_shape[:2])
 
     def _adapt_per_image(self, inputs, target, grid, rgb):
         """The reference: Keras' own training step, one image at a time."""
@@ -344,6 +359,7 @@ def _check_raw_images(images):
         raise ValueError("Expected at least one image. Received an empty batch.")
     if not np.issubdtype(images.dtype, np.number):
         raise ValueError(f"Expected numeric images. Received dtype {images.dtype}.")
+    check_raw_pixels(images, "the images to adapt to")
     images = images.astype("float32")
     if not np.all(np.isfinite(images)) or images.min() < 0 or images.max() > 255:
         raise ValueError(

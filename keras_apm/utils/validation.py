@@ -258,3 +258,56 @@ def check_locations(locations, grid_shape):
             f"and 0 <= x <= {w - 1}. Received y in [{lo[0]}, {hi[0]}] and x "
             f"in [{lo[1]}, {hi[1]}]."
         )
+
+
+# Largest value a batch of converted floats can have and still be refused:
+# converters map pixels to [0, 1] ("unit", "minmax") or around 0
+# (standardised, which also gives negative values).
+CONVERTED_MAX = 1.0 + 1e-3
+
+RAW_PIXELS_HINT = (
+    "Pass raw pixels (uint8, or floats in [0, 255]): the distiller and the "
+    "test-time trainer apply the student's and the teacher's own image "
+    "converters themselves, so do not map an image converter into the "
+    "pipeline."
+)
+
+
+def check_raw_pixels(images, what="images"):
+    """Raises a ValueError if a concrete float batch looks already converted.
+
+    Integer images are raw pixels by type. A float batch is refused if it
+    has a negative value (standardised input) or if its maximum is at most
+    `1 + 1e-3` (input scaled to `[0, 1]`): raw photos of `[0, 255]` never
+    are that dark over a whole batch. Symbolic tensors pass (nothing to read).
+
+    Example:
+    >>> check_raw_pixels(np.full((2, 8, 8, 3), 0.5, "float32"))
+    Traceback (most recent call last):
+    ValueError: Expected raw RGB pixels in [0, 255] ...
+    """
+    dtype = getattr(images, "dtype", None)
+    name = getattr(dtype, "name", str(dtype))
+    if "float" not in name:
+        return
+    try:
+        values = np.asarray(images, dtype="float32")
+    except Exception:  # symbolic or traced: the pipeline's assert checks it
+        try:
+            from keras import ops
+
+            values = np.asarray(ops.convert_to_numpy(images), "float32")
+        except Exception:
+            return
+    if values.size == 0:
+        return
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return
+    low, high = float(finite.min()), float(finite.max())
+    if low < 0.0 or high <= CONVERTED_MAX:
+        raise ValueError(
+            f"Expected raw RGB pixels in [0, 255] as {what}. Received float "
+            f"values in [{low:.4g}, {high:.4g}], which look already "
+            f"converted (scaled to [0, 1] or standardised). {RAW_PIXELS_HINT}"
+        )
