@@ -122,17 +122,10 @@ def distill_digits(output, epochs=None, seed=0, data_dir=None,
     stages.stage(1)
     metrics = distill(
         # By name, so that metrics.json names the teacher by its preset.
-        settings.teacher,
-        output=output,
-        recipe=recipe,
-        **overrides,
-        cache=cache,
-        data_dir=data_dir,
-        verbose=verbose,
-        resume=resume,
-        overwrite=overwrite,
-        callbacks=[stages],
-    )
+        settings.teacher, output=output, recipe=recipe, **overrides,
+        cache=cache, data_dir=data_dir, verbose=verbose, resume=resume,
+        overwrite=overwrite, callbacks=[stages],
+    )  # fmt: skip
     stages.stage(4)
     test = metrics["validation"]
     summary = {

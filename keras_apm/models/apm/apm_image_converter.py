@@ -95,15 +95,11 @@ class APMImageConverter(ImageConverter):
                 f"data_format={data_format!r}"
             )
         super().__init__(
-            image_size=image_size,
-            scale=scale,
-            offset=offset,
+            image_size=image_size, scale=scale, offset=offset,
             crop_to_aspect_ratio=crop_to_aspect_ratio,
-            interpolation=interpolation,
-            antialias=antialias,
-            data_format="channels_last",
-            **kwargs,
-        )
+            interpolation=interpolation, antialias=antialias,
+            data_format="channels_last", **kwargs,
+        )  # fmt: skip
         self.scaling = scaling
         self.channel_order = channel_order
 
