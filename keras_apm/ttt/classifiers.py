@@ -19,6 +19,7 @@ are measured the same way.
 
 import numpy as np
 from keras import ops
+from keras_apm.models.apm.apm_outputs import GLOBAL
 
 # The official APM TTT prompt.
 DEFAULT_TEMPLATES = ("a photo of a {}",)
@@ -66,7 +67,7 @@ class Classifier:
     def target(self, teacher_outputs):
         """The `(B, target_dim)` vector the student regresses."""
         return _check_vectors(
-            teacher_outputs["global"], self.target_dim, "teacher embeddings"
+            teacher_outputs[GLOBAL], self.target_dim, "teacher embeddings"
         )
 
     def teacher_scores(self, teacher_outputs):

@@ -4,6 +4,7 @@ import os
 
 import keras
 import numpy as np
+from keras_apm.models.apm.apm_outputs import GLOBAL
 
 
 def _is_folder(source):
@@ -117,7 +118,7 @@ def _check_finite_result(result, first_index):
     """Stops on a diverged adaptation: its predictions would mean nothing."""
     bad = ~np.isfinite(result["loss"]).all(axis=1)
     if "global" in result:
-        bad |= ~np.isfinite(result["global"]).all(axis=1)
+        bad |= ~np.isfinite(result[GLOBAL]).all(axis=1)
     if bad.any():
         where = np.flatnonzero(bad)
         raise ValueError(

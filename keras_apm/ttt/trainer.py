@@ -18,6 +18,9 @@ from keras_apm.ttt.student import initialize_student
 from keras_apm.ttt.student import student_preprocessor
 from keras_apm.utils.validation import check_raw_pixels
 from keras_apm.distill.losses import patch_rgb_target
+from keras_apm.models.apm.apm_outputs import FEATURES
+from keras_apm.models.apm.apm_outputs import GLOBAL
+from keras_apm.models.apm.apm_outputs import RGB
 
 ENGINES = ("batched", "per_image")
 
@@ -278,9 +281,9 @@ class TestTimeTrainer:
             out = self.engine.adapt(inputs, target, grid=grid, rgb=rgb)
         else:
             out = self._adapt_per_image(inputs, target, grid, rgb)
-        vectors = np.asarray(ops.convert_to_numpy(out["global"]), "float32")
+        vectors = np.asarray(ops.convert_to_numpy(out[GLOBAL]), "float32")
         return {
-            "global": vectors,
+            GLOBAL: vectors,
             "target": np.asarray(target, "float32"),
             "loss": np.asarray(ops.convert_to_numpy(out["loss"]), "float32"),
             "scores": self.classifier.scores(vectors),
@@ -308,11 +311,11 @@ class TestTimeTrainer:
                 if self.loss == "mse"
                 else keras.losses.CosineSimilarity(axis=-1)
             )
-            losses, weights = {"global": global_loss}, {"global": 1.0}
+            losses, weights = {GLOBAL: global_loss}, {GLOBAL: 1.0}
             if self.grid_weight > 0:
-                losses["features"], weights["features"] = "mse", self.grid_weight
+                losses[FEATURES], weights[FEATURES] = "mse", self.grid_weight
             if self.rgb_weight > 0:
-                losses["rgb"], weights["rgb"] = "mse", self.rgb_weight
+                losses[RGB], weights[RGB] = "mse", self.rgb_weight
             # "auto": XLA on JAX, no torch.compile (minutes on CPU).
             jit_compile = "auto" if self.jit_compile else False
             model.compile(
@@ -329,11 +332,11 @@ class TestTimeTrainer:
             for variable, value in zip(optimizer.variables, fresh):
                 variable.assign(value)
             x = inputs[i : i + 1]
-            y = {"global": target[i : i + 1]}
+            y = {GLOBAL: target[i : i + 1]}
             if grid is not None:
-                y["features"] = grid[i : i + 1]
+                y[FEATURES] = grid[i : i + 1]
             if rgb is not None:
-                y["rgb"] = rgb[i : i + 1]
+                y[RGB] = rgb[i : i + 1]
             # Keras' CosineSimilarity loss is -cos; report 1 - cos.
             offset = 1.0 if self.loss == "cosine" else 0.0
             histories.append(
@@ -342,8 +345,8 @@ class TestTimeTrainer:
                     for _ in range(self.steps)
                 ]
             )
-            vectors.append(ops.convert_to_numpy(model(x)["global"])[0])
-        return {"global": np.stack(vectors), "loss": np.asarray(histories, "float32")}
+            vectors.append(ops.convert_to_numpy(model(x)[GLOBAL])[0])
+        return {GLOBAL: np.stack(vectors), "loss": np.asarray(histories, "float32")}
 
 
 def _check_raw_images(images):
