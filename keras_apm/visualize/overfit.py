@@ -111,13 +111,19 @@ def overfit(
         results = distiller(data)
         total, terms = distiller.compute_losses(results)
         out = {k: images_lib.to_numpy(v) for k, v in results["outputs"].items()}
+
+        def number(x):
+            # Through NumPy: on torch `float()` of a tensor that requires
+            # grad warns (and a snapshot needs no gradient).
+            return float(images_lib.to_numpy(x))
+
         snapshots.append(
             {
                 "step": step,
-                "loss": float(total),
-                "features_loss": float(terms["grid_loss"]),
+                "loss": number(total),
+                "features_loss": number(terms["grid_loss"]),
                 "rgb_loss": (
-                    float(terms["rgb_loss"]) if "rgb_loss" in terms else None
+                    number(terms["rgb_loss"]) if "rgb_loss" in terms else None
                 ),
                 "features": out["features"],
                 "rgb": out.get("rgb") if "rgb_loss" in terms else None,
