@@ -33,7 +33,11 @@ def check_finite_weights(variables, what):
     >>> check_finite_weights(student.weights, "run/student")
     """
     for variable in variables:
-        values = np.asarray(keras.ops.convert_to_numpy(variable.value))
+        # Through a tensor: NumPy cannot read a (scalar) mirrored variable
+        # under MultiWorkerMirroredStrategy directly.
+        values = np.asarray(
+            keras.ops.convert_to_numpy(keras.ops.convert_to_tensor(variable))
+        )
         if values.dtype.kind in "fc" and not np.isfinite(values).all():
             bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
             raise ValueError(
@@ -65,14 +69,34 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is None:
             return
-        value = float(np.asarray(keras.ops.convert_to_numpy(loss)))
-        if not np.isfinite(value):
+        value = _scalar(loss)
+        if value is not None and not np.isfinite(value):
             raise ValueError(
                 f"The training loss became {value} at epoch "
                 f"{self._epoch + 1}, batch {batch + 1}: training stopped, "
                 "nothing of this epoch was saved. Lower the learning rate "
                 "or check the data for NaN/Inf values."
             )
+
+
+def _scalar(value):
+    """A log value as a float; None if this process cannot read it.
+
+    Under `MultiWorkerMirroredStrategy` a step's logs carry a length-one
+    axis (`distribution.step_logs`) and may not convert through NumPy; the
+    chief's progress bar still reports them, and every worker stops on the
+    collective error a diverged chief raises.
+    """
+    for read in (
+        lambda v: np.asarray(keras.ops.convert_to_numpy(v)).reshape(-1)[0],
+        lambda v: v.numpy().reshape(-1)[0],
+        float,
+    ):
+        try:
+            return float(read(value))
+        except (AttributeError, IndexError, TypeError, ValueError):
+            continue
+    return None
 
 
 def save_student_preset(student, directory, image_converter=None):
