@@ -163,3 +163,18 @@ def test_figure_script_runs_the_documented_commands():
     )
     assert result.stdout.count("keras-apm visualize") == 6
     assert "docs/images" not in result.stdout
+
+
+def test_fit_prints_a_bar_on_a_terminal_and_epoch_lines_in_logs():
+    import io
+
+    from keras_apm.utils.progress import fit_verbosity
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert fit_verbosity("auto", Terminal()) == 1
+    assert fit_verbosity("auto", io.StringIO()) == 2
+    assert fit_verbosity(0, Terminal()) == 0
+    assert fit_verbosity(1, io.StringIO()) == 1

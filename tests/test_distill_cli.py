@@ -203,6 +203,10 @@ def test_demo_writes_summary_and_student(tmp_path, data_dir, capsys):
     # One numbered line per stage, in order, then the closing table.
     printed = capsys.readouterr().out
     lines = printed.splitlines()
+    # Not a terminal: one line per epoch from `fit` (no bar redrawn as
+    # a new line per step; the caching bars update once per shard).
+    steps = [line for line in lines if "/step" in line]
+    assert len(steps) == 1 and "\u2501" not in steps[0], printed
     stages = [i for i, line in enumerate(lines) if line.startswith("[")]
     assert [lines[i][:5] for i in stages] == [f"[{i}/5]" for i in range(1, 6)]
     header, row = lines[-2:]

@@ -449,7 +449,9 @@ def test_backend_code_has_one_dispatcher(monkeypatch):
 
     module = backend.backend_module()
     assert module.__name__ == f"keras_apm.backend.{keras.backend.backend()}"
-    for name in ("compile_step", "compile_function", "replica_mean_loss"):
+    for name in (
+        "compile_step", "compile_function", "fast_optimizer", "replica_mean_loss"
+    ):
         assert callable(getattr(module, name))
     # One device here: the loss a replica differentiates is the loss.
     assert float(module.replica_mean_loss(keras.ops.ones(()))) == 1.0

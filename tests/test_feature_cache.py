@@ -405,3 +405,33 @@ def test_old_layout_is_refused_with_how_to_rebuild(
     np.testing.assert_allclose(
         batch["grid"].numpy(), np_(teacher(digits[0])["grid"]), atol=1e-4
     )
+
+
+def test_teacher_sees_the_original_at_its_own_size(teacher, digits, tmp_path):
+    """A student smaller than the teacher: `model_inputs` dicts go in, the
+    teacher's targets come from the original resized to 32x32, and the
+    cache stores the 16x16 student images."""
+    from keras_apm.data import model_inputs
+
+    images, labels = digits
+    raw = tf.data.Dataset.from_tensor_slices((images.astype("uint8"), labels))
+    inputs = model_inputs(
+        raw, (16, 16), batch_size=16, teacher_image_size=(32, 32),
+        with_labels=True,
+    )
+    manifest = write(teacher, inputs, tmp_path / "cache")
+    assert manifest["image_shape"] == [16, 16, 3]
+    assert manifest["teacher_image_shape"] == [32, 32, 3]
+    batch = next(iter(load_feature_cache(tmp_path / "cache", batch_size=NUM_IMAGES)))
+    assert batch["images"].shape == (NUM_IMAGES, 16, 16, 3)
+    np.testing.assert_array_equal(batch["labels"].numpy(), labels)
+    # 32x32 originals resized to 32x32 are the originals themselves.
+    expected = np_(teacher(images.astype("uint8").astype("float32"))["grid"])
+    np.testing.assert_allclose(batch["grid"].numpy(), expected, atol=1e-4)
+    upscaled = np_(teacher(tf.image.resize(batch["images"], (32, 32)))["grid"])
+    assert np.abs(upscaled - expected).max() > 1e-2
+    # The same student images with the teacher's input left out are
+    # another cache's settings: refused, not mixed.
+    student_only = inputs.map(lambda x, y: ({"images": x["images"]}, y))
+    with pytest.raises(ValueError, match="teacher_image_shape"):
+        write(teacher, student_only, tmp_path / "cache")

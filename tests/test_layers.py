@@ -20,6 +20,19 @@ def test_position_code_matches_spec_formula_on_the_grid():
     np.testing.assert_allclose(codes, expected, atol=1e-6)
 
 
+def test_cached_grid_code_is_the_formula_and_read_only():
+    from keras_apm.layers.position_encoding import grid_position_codes
+
+    h, w, d = 32, 32, 1024  # the official grid: phases up to 31 radians
+    cached = grid_position_codes((h, w), d)
+    codes = to_np(layers.sincos_position_encoding_2d(layers.grid_locations((h, w)), d))
+    np.testing.assert_allclose(cached, codes, atol=2e-6)
+    expected = official_position_code(d, h, w).reshape(d, h * w).T
+    np.testing.assert_allclose(cached, expected, atol=2e-6)
+    assert cached.dtype == np.float32 and not cached.flags.writeable
+    assert grid_position_codes((h, w), d) is cached
+
+
 def test_position_code_at_fractional_locations():
     d = 16
     loc = np.array([[0.5, 2.25], [3.0, 0.0]], "float32")

@@ -13,6 +13,10 @@ the same functions:
   the gradient of `total_loss` to `variables`.
 - `compile_function(fn, jit_compile=True)`: `fn` compiled for repeated calls
   without gradients.
+- `fast_optimizer(optimizer)`: `optimizer`, switched to the backend's
+  fastest update of the same math where there is one (PyTorch: Keras'
+  `Adam` through `torch._fused_adam_`, see `keras_apm.backend.torch_adam`);
+  the others return it as is.
 - `replica_mean_loss(loss)`: the loss a replica differentiates so that the
   replicas' summed gradients are the gradient of the global batch's mean
   loss (`keras_apm.APMDistiller.compute_loss`).

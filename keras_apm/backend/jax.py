@@ -40,6 +40,11 @@ def compile_function(fn, jit_compile=True):
     return jax.jit(fn) if jit_compile else fn
 
 
+def fast_optimizer(optimizer):
+    # Keras' own update compiles into the step already.
+    return optimizer
+
+
 def replica_mean_loss(loss):
     # `keras.distribution.DataParallel` shards one global batch inside one
     # jitted program: the loss already is the global batch's mean.

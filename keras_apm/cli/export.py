@@ -132,8 +132,9 @@ def preset_inputs(preset, images):
     """Raw 0..255 images -> model inputs, by the preset's image converter.
 
     A preset without `image_converter.json` takes raw 0..255 float images
-    of its own size, so they are only cast. Images may differ in size; the
-    converter resizes each.
+    of its own size, so they are only cast (`load_image_converter`'s
+    fallback with `scaling="none"` and no resize). Images may differ in
+    size when the preset has a converter: it resizes each.
 
     Example:
     ```python
@@ -142,18 +143,9 @@ def preset_inputs(preset, images):
     """
     import keras
     import numpy as np
-    from keras_apm.models.apm import APMImageConverter
-    from keras_apm.models.apm.apm_preset_loading import _is_remote
-    from keras_apm.models.apm.apm_preset_loading import check_local_preset
-    from keras_apm.models.apm.apm_preset_loading import resolve_handle
-    from keras_apm.utils.keras_hub_compat import check_file_exists
+    from keras_apm.models.apm import load_image_converter
 
-    handle = resolve_handle(preset)
-    if not _is_remote(handle):
-        check_local_preset(handle)  # says what a bad directory lacks.
-    if not check_file_exists(handle, "image_converter.json"):
-        return np.stack([np.asarray(x, "float32") for x in images])
-    converter = APMImageConverter.from_preset(handle)
+    converter = load_image_converter(preset, scaling="none")
     inputs = [converter(np.asarray(x)[None]) for x in images]
     inputs = [keras.ops.convert_to_numpy(x) for x in inputs]
     return np.concatenate(inputs).astype("float32")

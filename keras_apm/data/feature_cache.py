@@ -326,7 +326,15 @@ def _clean_directory(directory, manifest):
 
 
 def _image_elements(dataset):
-    """An unbatched dataset of `(image, label or -1)` from images or tuples."""
+    """Unbatched `(image, teacher_image, label or -1)` elements, and facts.
+
+    Takes images, `(image, label)` tuples, or what `model_inputs` yields:
+    `{"images"[, "teacher_images"]}` dicts, alone or with labels. Without
+    `"teacher_images"` the teacher sees the stored image itself.
+
+    Returns:
+        `(elements, has_labels, has_teacher_images)`.
+    """
     if not isinstance(dataset, tf.data.Dataset):
         raise ValueError(
             "`dataset` must be a `tf.data.Dataset` of images (e.g. from "
@@ -336,12 +344,15 @@ def _image_elements(dataset):
     spec = dataset.element_spec
     has_labels = isinstance(spec, tuple)
     image_spec = spec[0] if has_labels else spec
-    if isinstance(image_spec, dict) or not isinstance(
-        image_spec, tf.TensorSpec
-    ):
+    has_teacher = False
+    if isinstance(image_spec, dict) and "images" in image_spec:
+        has_teacher = "teacher_images" in image_spec
+        image_spec = image_spec["images"]
+    if not isinstance(image_spec, tf.TensorSpec):
         raise ValueError(
-            "Expected a dataset of images (H, W, 3) or (B, H, W, 3), or of "
-            f"(image, label) tuples. Received element_spec {spec}."
+            "Expected a dataset of images (H, W, 3) or (B, H, W, 3), of "
+            "(image, label) tuples, or of `model_inputs` dicts. Received "
+            f"element_spec {spec}."
         )
     rank = image_spec.shape.rank
     if rank == 4:
@@ -351,15 +362,31 @@ def _image_elements(dataset):
             "Expected images of shape (H, W, 3), batched or not. Received "
             f"element_spec {spec}."
         )
+
+    def split(inputs, label=None):
+        if isinstance(inputs, dict):
+            image = inputs["images"]
+            teacher_image = inputs.get("teacher_images", image)
+        else:
+            image = teacher_image = inputs
+        if label is None:
+            label = tf.constant(-1, tf.int64)
+        return image, teacher_image, tf.cast(label, tf.int64)
+
     if has_labels:
-        return dataset.map(lambda x, y, *_: (x, tf.cast(y, tf.int64))), True
-    return dataset.map(lambda x: (x, tf.constant(-1, tf.int64))), False
+        return dataset.map(lambda x, y, *_: split(x, y)), True, has_teacher
+    return dataset.map(split), False, has_teacher
 
 
 def _first_image_sha256(elements):
-    for image, _ in elements.take(1):
+    """SHA-256 of the first stored image, its shape and the teacher's."""
+    for image, teacher_image, _ in elements.take(1):
         value = np.ascontiguousarray(image.numpy().astype("float32"))
-        return hashlib.sha256(value.tobytes()).hexdigest(), value.shape
+        return (
+            hashlib.sha256(value.tobytes()).hexdigest(),
+            value.shape,
+            tuple(teacher_image.shape),
+        )
     raise ValueError("The dataset is empty: there is nothing to cache.")
 
 
@@ -436,7 +463,11 @@ def cache_teacher_features(
             batched or not, or of `(image, label)` tuples; e.g.
             `keras_apm.data.image_dataset(name, image_size=student_size)`.
             The images are stored as the student will see them, so give
-            them the student's size.
+            them the student's size. When the teacher's input size
+            differs, pass `keras_apm.data.model_inputs(raw, student_size,
+            teacher_image_size=teacher.image_size, with_labels=True)`:
+            its `"teacher_images"` (the original resized to the
+            teacher's size) go to the teacher, its `"images"` are stored.
         directory: the cache directory (created if needed).
         shard_size: int, examples per shard file.
         batch_size: int, examples per teacher call.
@@ -487,8 +518,8 @@ def cache_teacher_features(
             f"{target_dtype!r}."
         )
     directory = os.path.abspath(os.fspath(directory))
-    elements, has_labels = _image_elements(dataset)
-    first_sha, image_shape = _first_image_sha256(elements)
+    elements, has_labels, has_teacher = _image_elements(dataset)
+    first_sha, image_shape, teacher_shape = _first_image_sha256(elements)
     if len(image_shape) != 3 or image_shape[-1] != 3:
         raise ValueError(
             "Expected RGB images of shape (H, W, 3). The dataset's first "
@@ -505,18 +536,25 @@ def cache_teacher_features(
         "has_labels": has_labels,
         "dataset_first_image_sha256": first_sha,
     }
+    if has_teacher and teacher_shape != image_shape:
+        # The teacher saw the original image resized to its own size, not
+        # the stored student-sized image upscaled again.
+        settings["teacher_image_shape"] = list(teacher_shape)
     os.makedirs(directory, exist_ok=True)
     manifest_path = os.path.join(directory, MANIFEST_FILE)
     if os.path.exists(manifest_path):
         manifest = read_manifest(directory)
         _check_teacher(manifest, teacher, directory)
-        differ = [k for k in settings if manifest.get(k) != settings[k]]
+        differ = [
+            k for k in [*settings, "teacher_image_shape"]
+            if manifest.get(k) != settings.get(k)
+        ]
         if differ:
             raise ValueError(
                 f"The feature cache {directory!r} was written with other "
                 "settings or from another dataset: "
                 + ", ".join(
-                    f"{k}: cache {manifest.get(k)!r} vs now {settings[k]!r}"
+                    f"{k}: cache {manifest.get(k)!r} vs now {settings.get(k)!r}"
                     for k in differ
                 )
                 + ". Use a new directory, or the same dataset and settings."
@@ -562,7 +600,7 @@ def cache_teacher_features(
     first = 0
     while first in valid:
         first += 1
-    run_teacher = _teacher_function(teacher, image_shape, batch_size)
+    run_teacher = _teacher_function(teacher, teacher_shape, batch_size)
     # A known length (e.g. an unbatched TFDS split) gives a real bar.
     total = int(elements.cardinality())
     progress = keras.utils.Progbar(
@@ -575,7 +613,7 @@ def cache_teacher_features(
         count = end
     else:
         shards = elements.skip(first * shard_size).batch(shard_size)
-        for offset, (images, labels) in enumerate(shards):
+        for offset, (images, teacher_images, labels) in enumerate(shards):
             index = first + offset
             if index in valid:  # written by an earlier run, verified above
                 count = index + 1
@@ -586,9 +624,13 @@ def cache_teacher_features(
             if max_shards is not None and written >= max_shards:
                 break
             images = images.numpy().astype("float32")
+            if has_teacher:
+                teacher_images = teacher_images.numpy().astype("float32")
+            else:
+                teacher_images = images
             targets = {}
             for start in range(0, len(images), batch_size):
-                out = run_teacher(images[start : start + batch_size])
+                out = run_teacher(teacher_images[start : start + batch_size])
                 for key, value in out.items():
                     targets.setdefault(key, []).append(value)
             arrays = {

@@ -475,7 +475,9 @@ class APMDistiller(keras.Model):
         `keras.optimizers.LossScaleOptimizer` (Keras does this for models
         whose own policy is `mixed_float16`; the distiller's is float32).
         """
-        optimizer = keras.optimizers.get(optimizer)
+        optimizer = backend_module().fast_optimizer(
+            keras.optimizers.get(optimizer)
+        )
         if self.student.dtype_policy.name == "mixed_float16" and not (
             isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         ):

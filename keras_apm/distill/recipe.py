@@ -18,6 +18,7 @@ from keras_apm.models.apm.apm_student import load_teacher
 from keras_apm.models.apm.apm_student import resolve_student
 from keras_apm.distill import distribution
 from keras_apm.utils.files import write_json
+from keras_apm.utils.progress import fit_verbosity
 
 
 def _split_or_none(dataset, split, **kwargs):
@@ -59,6 +60,17 @@ def _batched_inputs(
     # One sub-folder per split expression ("train[:10%]" -> "train_10_").
     folder = os.path.join(cache, re.sub(r"[^A-Za-z0-9_.-]", "_", split))
     images = image_dataset(dataset, split=split, **kwargs)
+    if tuple(teacher.image_size) != tuple(image_size):
+        # The teacher gets the original image at its own size; the cache
+        # stores the student-sized one.
+        kwargs.pop("image_size")
+        raw = image_dataset(dataset, split=split, **kwargs)
+        images = model_inputs(
+            raw, image_size, batch_size=batch_size,
+            teacher_image_size=teacher.image_size,
+            with_labels=isinstance(raw.element_spec, tuple),
+            check_first_batch=False,
+        )
     cache_teacher_features(
         teacher, images, folder, image_dtype="float32", verbose=verbose
     )
@@ -124,7 +136,9 @@ def distill(teacher=None, dataset=None, output=None, recipe="default",
         resume: continue the run in `output` from its newest checkpoint
             (it must be this run: the same settings but `epochs`).
         data_dir: TFDS data directory.
-        verbose: `fit`'s verbosity (the progress bar by default).
+        verbose: `fit`'s verbosity; `"auto"` (default): a progress bar on
+            a terminal, one line per epoch when the output is a log
+            (`keras_apm.utils.progress.fit_verbosity`).
         **overrides: settings of the recipe to change (`split`,
             `validation_split`, `levels`, `epochs`, `batch_size`,
             `learning_rate`, `schedule`, `trunk_widths`, `seed`; see
@@ -345,7 +359,7 @@ def _distill(
             callbacks=[StopOnNonFiniteLoss()]
             + ([checkpoint] if group.is_chief else [])
             + list(callbacks or []),
-            verbose=verbose,
+            verbose=fit_verbosity(verbose),
             shuffle=False,  # the pipeline shuffles (tf.data ignores it)
         ).history
     # After a resume that had nothing left to do, or to report figures of

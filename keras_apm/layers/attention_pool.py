@@ -5,8 +5,7 @@ import math
 import keras
 from keras import ops
 
-from keras_apm.layers.position_encoding import grid_locations
-from keras_apm.layers.position_encoding import sincos_position_encoding_2d
+from keras_apm.layers.position_encoding import grid_position_codes
 
 
 @keras.saving.register_keras_serializable(package="keras_apm")
@@ -100,7 +99,7 @@ class AttentionPoolHead(keras.layers.Layer):
         h, w, dim = features.shape[1], features.shape[2], features.shape[3]
         dtype = features.dtype
         weights = {k: ops.cast(v, dtype) for k, v in weights.items()}
-        codes = sincos_position_encoding_2d(grid_locations((h, w)), dim)
+        codes = grid_position_codes((h, w), dim)
         keys = ops.reshape(features, (-1, h * w, dim)) + ops.cast(codes, dtype)
         # "..." is the per-image axis of stacked weights (empty otherwise).
         query = ops.einsum(

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_apm.layers.perception_mlp import PerceptionMLP
-from keras_apm.layers.position_encoding import grid_locations
+from keras_apm.layers.position_encoding import grid_position_codes
 from keras_apm.layers.position_encoding import position_codes
 from keras_apm.layers.query_unfold import QueryUnfold
 from keras_apm.layers.query_unfold import unfold_queries
@@ -79,19 +79,22 @@ class PerceptionField(keras.layers.Layer):
         Computes in the dtype of `trigger`; see
         `PerceptionMLP.call_with_weights` for the weights.
         """
+        dtype = trigger.dtype
         if locations is None:
-            locations = grid_locations(self.grid_shape)
+            codes = grid_position_codes(tuple(self.grid_shape), self.position_dim)
+        else:
+            codes = position_codes(locations, self.position_dim, dtype)
         chunk_size = (
             self.chunk_size
             if chunk_size == "default"
             else _check_chunk_size(chunk_size)
         )
-        num_locations = locations.shape[0]
+        num_locations = codes.shape[0]
         if chunk_size is None or num_locations <= chunk_size:
-            return self._evaluate(weights, trigger, locations)
+            return self._evaluate(weights, trigger, codes)
         # The asynchronous evaluation: independent chunks of locations.
         pieces = [
-            self._evaluate(weights, trigger, locations[start : start + chunk_size])
+            self._evaluate(weights, trigger, codes[start : start + chunk_size])
             for start in range(0, num_locations, chunk_size)
         ]
         return {
@@ -99,8 +102,8 @@ class PerceptionField(keras.layers.Layer):
             for key in pieces[0]
         }
 
-    def _evaluate(self, weights, trigger, locations):
-        codes = position_codes(locations, self.position_dim, trigger.dtype)
+    def _evaluate(self, weights, trigger, codes):
+        codes = ops.cast(codes, trigger.dtype)
         if self.fast_path:
             return self.mlp.split_call_with_weights(weights, trigger, codes)
         return self.mlp.call_with_weights(weights, unfold_queries(trigger, codes))

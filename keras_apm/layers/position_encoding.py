@@ -1,6 +1,9 @@
 """The fixed 2-D sine/cosine position code of the official APM."""
 
+import functools
+
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -43,20 +46,46 @@ def sincos_position_encoding_2d(locations, dim):
     dim = check_code_width(dim)
     # Computed in float32 whatever the dtype policy: bf16 would round the
     # phase of high-frequency channels badly for grids of 32 and more.
-    locations = ops.cast(locations, "float32")
+    return _sincos(ops.cast(locations, "float32"), dim, ops)
+
+
+@functools.lru_cache(maxsize=64)
+def grid_position_codes(grid_shape, dim):
+    """`sincos_position_encoding_2d(grid_locations(grid_shape), dim)`, once.
+
+    The code of a whole grid never changes; eager backends (PyTorch) would
+    recompute it on every call (about 5% of a TTT-sized step on a CPU), so
+    it is computed once per `(grid_shape, dim)` with NumPy (the same
+    formula) and kept as a read-only float32 array.
+
+    Example:
+    >>> grid_position_codes((32, 32), 1024).shape
+    (1024, 1024)
+    """
+    h, w = int(grid_shape[0]), int(grid_shape[1])
+    ys, xs = np.divmod(np.arange(h * w), w)
+    locations = np.stack([ys, xs], axis=-1).astype("float32")
+    codes = _sincos(locations, check_code_width(dim), np).astype("float32")
+    codes.flags.writeable = False
+    return codes
+
+
+def _sincos(locations, dim, xp):
+    """The formula, in `xp` (`keras.ops` or `numpy`: the same names)."""
     half = dim // 2
-    rates = ops.power(
-        10000.0, -2.0 * ops.arange(half // 2, dtype="float32") / float(half)
+    rates = xp.power(
+        np.float32(10000.0),
+        np.float32(-2.0) * xp.arange(half // 2, dtype="float32") / np.float32(half),
     )
     y = locations[..., 0:1] * rates
     x = locations[..., 1:2] * rates
 
     def interleave(angles):
         # (..., half/2) sin and cos -> (..., half) as sin, cos, sin, cos ...
-        pairs = ops.stack([ops.sin(angles), ops.cos(angles)], axis=-1)
-        return ops.reshape(pairs, ops.shape(angles)[:-1] + (half,))
+        pairs = xp.stack([xp.sin(angles), xp.cos(angles)], axis=-1)
+        return xp.reshape(pairs, tuple(xp.shape(angles)[:-1]) + (half,))
 
-    return ops.concatenate([interleave(x), interleave(y)], axis=-1)
+    return xp.concatenate([interleave(x), interleave(y)], axis=-1)
 
 
 def check_code_width(dim, name="dim"):

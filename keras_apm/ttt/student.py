@@ -59,12 +59,9 @@ def initialize_student(model, seed=0, init="keras", init_std=0.01):
 
 def student_preprocessor(model, preset=None):
     """The preset's image converter, else resize + ImageNet mean/std."""
-    from keras_apm.models.apm import APMImageConverter
+    from keras_apm.models.apm import load_image_converter
 
-    if preset is not None:
-        from keras_apm.utils.keras_hub_compat import check_file_exists
-
-        if check_file_exists(preset, "image_converter.json"):
-            return APMImageConverter.from_preset(preset)
-    # The official TTT student input.
-    return APMImageConverter(image_size=model.image_shape[:2], scaling="imagenet")
+    # The fallback is the official TTT student input.
+    return load_image_converter(
+        preset, model.image_shape[:2], scaling="imagenet"
+    )

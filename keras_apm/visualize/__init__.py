@@ -25,7 +25,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
     """
     figures: islands_figure panel_figure save_strip
     files: figure_to_array save_figure save_gif save_png
-    images: load_converter load_image prepare_images to_display
+    images: load_image prepare_images to_display
     interpolate: interpolate interpolation_frames
     islands: cluster_palette island_colors kmeans_colors pca_colors tsne_colors
     overfit: overfit overfit_frames teacher_grids

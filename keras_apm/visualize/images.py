@@ -74,26 +74,6 @@ def load_image(spec):
     return image[..., :3]
 
 
-def load_converter(preset):
-    """The `APMImageConverter` saved with an APM preset, or None.
-
-    Example:
-    ```python
-    model = keras_apm.APM.from_preset(preset)
-    inputs, views = prepare_images(images, model.image_shape,
-                                   load_converter(preset))
-    ```
-    """
-    from keras_apm.models.apm.apm_image_converter import APMImageConverter
-    from keras_apm.models.apm.apm_preset_loading import resolve_handle
-    from keras_apm.utils.keras_hub_compat import check_file_exists
-
-    handle = resolve_handle(preset)
-    if not check_file_exists(handle, "image_converter.json"):
-        return None
-    return APMImageConverter.from_preset(handle)
-
-
 def prepare_images(images, image_shape, converter=None):
     """Raw RGB images -> a model's inputs, and the same images at its size.
 
@@ -101,7 +81,8 @@ def prepare_images(images, image_shape, converter=None):
         images: list of `(H, W, 3)` images with values in `[0, 255]` (their
             sizes may differ).
         image_shape: the model's `(H, W, C)`.
-        converter: the preset's `APMImageConverter`, or None for a
+        converter: the preset's `APMImageConverter`
+            (`keras_apm.models.apm.load_image_converter`), or None for a
             bilinear, antialiased resize and a `1 / 255` scaling.
 
     Returns:
@@ -115,11 +96,11 @@ def prepare_images(images, image_shape, converter=None):
                                    model.image_shape)
     ```
     """
-    from keras_apm.models.apm.apm_image_converter import APMImageConverter
+    from keras_apm.models.apm.apm_image_converter import load_image_converter
 
     size = (int(image_shape[0]), int(image_shape[1]))
     if converter is None:
-        converter = APMImageConverter(size, scaling="unit", antialias=True)
+        converter = load_image_converter(None, size)
     if converter.image_size is not None and tuple(converter.image_size) != size:
         raise ValueError(
             f"The image converter resizes to {tuple(converter.image_size)} "

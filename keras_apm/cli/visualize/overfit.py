@@ -49,14 +49,13 @@ def _fresh_apm(args, teacher):
     import keras
 
     from keras_apm import APM
-    from keras_apm import APMImageConverter
+    from keras_apm.models.apm import load_image_converter
     from keras_apm.models.apm.apm_student import default_student_config
-    from keras_apm.visualize import load_converter
 
     keras.utils.set_random_seed(args.seed)
     if args.preset:
         model = APM.from_preset(args.preset, load_weights=False)
-        return model, load_converter(args.preset)
+        return model, load_image_converter(args.preset, model.image_shape[:2])
     try:
         widths = tuple(int(w) for w in args.trunk_widths.split(","))
     except ValueError:
@@ -81,10 +80,7 @@ def _fresh_apm(args, teacher):
         image_size=size,
         patch_size=args.patch_size,
     )
-    converter = APMImageConverter(
-        config["image_shape"][:2], scaling="unit", antialias=True
-    )
-    return APM(**config), converter
+    return APM(**config), load_image_converter(None, config["image_shape"][:2])
 
 
 def run(args):

@@ -182,6 +182,43 @@ class APMImageConverter(ImageConverter):
         return config
 
 
+def load_image_converter(preset=None, image_size=None, scaling="unit"):
+    """The image converter of an APM preset: the one place that finds it.
+
+    TTT, `visualize`, `export` and the demo all take a preset's
+    preprocessing from here (the keras-hub Task's preprocessor loads the
+    same file). A preset with `image_converter.json` gets its own
+    converter; a preset without one (or `preset=None`) gets a plain
+    `APMImageConverter(image_size, scaling, antialias=True)`, the fallback
+    each caller names (`"unit"`: `x / 255`; the TTT recipe asks for
+    `"imagenet"`; `image_size=None` leaves the size alone).
+
+    Args:
+        preset: an APM preset (name, handle or directory), or None.
+        image_size: `(height, width)` for the fallback converter.
+        scaling: the fallback converter's scaling (see `APMImageConverter`).
+
+    Example:
+    ```python
+    model = keras_apm.APM.from_preset(preset)
+    converter = load_image_converter(preset, model.image_shape[:2])
+    outputs = model(converter(raw_uint8_images))
+    ```
+    """
+    from keras_apm.utils.keras_hub_compat import check_file_exists
+
+    if preset is not None:
+        handle = apm_preset_loading.resolve_handle(preset)
+        if not apm_preset_loading._is_remote(handle):
+            # Says what a bad directory lacks.
+            apm_preset_loading.check_local_preset(handle)
+        if check_file_exists(handle, apm_preset_loading.IMAGE_CONVERTER_FILE):
+            return APMImageConverter.from_preset(handle)
+    if image_size is not None:
+        image_size = (int(image_size[0]), int(image_size[1]))
+    return APMImageConverter(image_size, scaling=scaling, antialias=True)
+
+
 def _check_channels_last(images):
     """Refuses what looks like channels-first images `(..., C, H, W)`.
 
