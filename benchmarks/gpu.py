@@ -58,8 +58,8 @@ Each record has `what`, one of:
 `tflops` is achieved model FLOP/s from the analytic count of the MLP,
 `flops_per_image` (2 FLOPs per multiply-add; training = 3x forward; see
 `query_macs`). Left out: the column convolution (under 0.1%) and the ttt
-model's attention-pool head (Keras' `MultiHeadAttention` projects every
-location's key and value, 2 * L * D^2 multiply-adds: about 6% on top).
+model's attention-pool head (one learned query, folded into the key and
+value projections: 2 * L * D * heads multiply-adds, well under 1%).
 `tflops_executed` counts what the fast path (`PerceptionMLP.split_call`)
 really multiplies. `wall_s`: the whole measurement, builds and compiles
 included (to plan a run). `peak_memory_bytes`: PyTorch `max_memory_allocated`

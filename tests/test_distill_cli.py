@@ -3,6 +3,7 @@
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 import skimage.data
@@ -123,6 +124,29 @@ def test_distill_with_cache_and_levels(tmp_path, data_dir):
     assert tuple(student.trunk_widths) == (48, 32)
 
 
+def test_cached_targets_come_from_teacher_sized_images(tmp_path, data_dir):
+    """A 16x16 student of the 32x32 teacher: the cache stores what the
+    student sees and the teacher's targets of the original at 32x32."""
+    from keras_apm.data.feature_cache import read_manifest
+
+    config = dict(
+        image_shape=[16, 16, 3], patch_size=2, trunk_widths=[32],
+        feature_dim=64, global_head=True, global_num_heads=4,
+    )
+    config_file = tmp_path / "student.json"
+    config_file.write_text(json.dumps(config))
+    cache = tmp_path / "cache"
+    _, metrics = _distill(
+        tmp_path, data_dir, "--epochs", "1", "--cache", str(cache),
+        "--student", str(config_file),
+    )
+    manifest = read_manifest(cache / "train__64_")
+    assert manifest["image_shape"] == [16, 16, 3]
+    assert manifest["teacher_image_shape"] == [32, 32, 3]
+    assert manifest["num_examples"] == 64
+    assert np.isfinite(metrics["validation"]["loss"])
+
+
 def test_distill_on_a_folder_with_a_json_student(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -184,6 +208,11 @@ def test_distill_bad_arguments_exit_2(tmp_path, capsys, args, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="the README's demo runs on Keras' default backend, TensorFlow; "
+    "its distillation is tested on every backend by the tests above",
+)
 def test_demo_writes_summary_and_student(tmp_path, data_dir, capsys):
     out = str(tmp_path / "demo")
     code = main(
