@@ -46,6 +46,26 @@ def test_image_converter_is_saved_with_the_preset(preset_dir):
     np.testing.assert_allclose(x[..., 0], rgb[..., 2], atol=1e-6)
 
 
+def test_one_lookup_for_a_presets_preprocessing(preset_dir, tmp_path):
+    """`load_image_converter`: the preset's converter where it has one (TTT,
+    visualize, export and the demo all ask it), else the caller's fallback;
+    a bad directory is named."""
+    from keras_apm.models.apm import load_image_converter
+
+    saved = load_image_converter(preset_dir, (99, 99), scaling="imagenet")
+    assert (saved.scaling, saved.channel_order) == ("minmax", "bgr")
+    assert tuple(saved.image_size) == (16, 16)
+    bare = copy_of(preset_dir, tmp_path)
+    os.remove(os.path.join(bare, "image_converter.json"))
+    fallback = load_image_converter(bare, (16, 16), scaling="imagenet")
+    assert fallback.scaling == "imagenet" and tuple(fallback.image_size) == (16, 16)
+    assert load_image_converter(None, (8, 8)).scaling == "unit"
+    with pytest.raises(ValueError, match="does not exist"):
+        load_image_converter(str(tmp_path / "nowhere"), (16, 16))
+    shipped = load_image_converter("apm_tiny_digits")
+    assert tuple(shipped.image_size) == (32, 32)
+
+
 def test_imagenet_and_unit_scaling():
     raw = np.full((1, 4, 4, 3), 255.0, "float32")
     unit = keras_apm.APMImageConverter(scaling="unit")(raw)

@@ -54,7 +54,10 @@ def _fused_update_step(self, grads, variables, learning_rate):
     epsilon = self.epsilon / math.sqrt(1.0 - self.beta_2**step)
     device = params[0].device
     steps = [torch.tensor(step, dtype=torch.float32, device=device)] * len(params)
-    grads = [g.to(p.dtype) for g, p in zip(grads, params)]
+    # The kernel walks raw memory: a gradient autograd hands back as a
+    # strided or broadcast view (e.g. of stacked per-image weights) must be
+    # made dense first.
+    grads = [g.to(p.dtype).contiguous() for g, p in zip(grads, params)]
     if isinstance(learning_rate, torch.Tensor):
         learning_rate = learning_rate.to(device=device, dtype=torch.float32)
     else:
