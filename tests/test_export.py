@@ -374,6 +374,10 @@ def test_reduced_precision_models_export_a_float32_copy(model):
     reason="under TensorFlow `export` runs in this process, never in the "
     "subprocess",
 )
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch",
+    reason="the child is TensorFlow whatever the parent's backend; runs once",
+)
 def test_subprocess_errors_keep_their_message(preset, tmp_path):
     # A preset the TensorFlow subprocess cannot load: its ValueError comes
     # back here as a ValueError with the same message.
