@@ -17,6 +17,8 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import xla_flags
+
 # Data-parallel and single-device runs differ only in float rounding (the
 # gradient of the global batch is summed in another order). Measured after
 # 12 SGD steps: largest weight difference 9e-8 on both (2 cores, CPU).
@@ -158,7 +160,7 @@ def test_jax_data_parallel(vit_teacher_preset):
         JAX_SCRIPT,
         vit_teacher_preset,
         "jax",
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=4"),
     )
     assert out["kernel_devices"] == 4 and out["replicated"]
     check_same_training(out)

@@ -23,6 +23,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import xla_flags
 from keras_apm.distill import distribution
 
 # Same tolerances as the single-process DataParallel tests
@@ -184,7 +185,7 @@ def jax_env(port, process_id):
         "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"localhost:{port}",
         "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
         "KERAS_DISTRIBUTION_PROCESS_ID": str(process_id),
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=2"),
         "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
     }
 
@@ -282,7 +283,7 @@ def test_jax_cli_group_killed_then_resumed(tmp_path):
             "--num-processes", "2", "--process-id", str(i),
         ]
 
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {"XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=2")}
     kill_and_resume(
         tmp_path, "jax", jax_flags, env,
         extra=("--cache", str(tmp_path / "cache")),
