@@ -41,13 +41,7 @@ TINY_OUTPUT_SHAPE = {
     "rgb": (2, 4, 4, 3),
     "global": (2, 8),
 }
-# The task classes land with the Tasks feature (issue 14, item 1); until
-# then the task checks are skipped, after the merge they run.
-APMImageClassifier = getattr(keras_apm, "APMImageClassifier", None)
-needs_task = pytest.mark.skipif(
-    APMImageClassifier is None,
-    reason="keras_apm.APMImageClassifier not in this tree (merged separately)",
-)
+APMImageClassifier = keras_apm.APMImageClassifier
 
 
 def _images(batch=2, height=16, width=16, seed=0):
@@ -269,7 +263,6 @@ class APMLayersHarnessTest(TestCase):
         )
 
 
-@needs_task
 class APMImageClassifierHarnessTest(TestCase):
     def _init_kwargs(self):
         converter = keras_apm.APMImageConverter((16, 16), scaling="unit")

@@ -59,8 +59,9 @@ def _batched_inputs(
         )
     # One sub-folder per split expression ("train[:10%]" -> "train_10_").
     folder = os.path.join(cache, re.sub(r"[^A-Za-z0-9_.-]", "_", split))
-    images = image_dataset(dataset, split=split, **kwargs)
-    if tuple(teacher.image_size) != tuple(image_size):
+    if tuple(teacher.image_size) == tuple(image_size):
+        images = image_dataset(dataset, split=split, **kwargs)
+    else:
         # The teacher gets the original image at its own size; the cache
         # stores the student-sized one.
         kwargs.pop("image_size")
