@@ -23,7 +23,6 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import xla_flags
 from keras_apm.distill import distribution
 
 # Same tolerances as the single-process DataParallel tests
@@ -185,7 +184,10 @@ def jax_env(port, process_id):
         "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"localhost:{port}",
         "KERAS_DISTRIBUTION_NUM_PROCESSES": "2",
         "KERAS_DISTRIBUTION_PROCESS_ID": str(process_id),
-        "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=2"),
+        # Not the suite's fast-compile flags (`conftest.xla_flags`): a group
+        # run with them once hung in a collective on a CI-like run (every
+        # earlier run without them passed), so groups compile as users do.
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
         "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
     }
 
@@ -283,7 +285,7 @@ def test_jax_cli_group_killed_then_resumed(tmp_path):
             "--num-processes", "2", "--process-id", str(i),
         ]
 
-    env = {"XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=2")}
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     kill_and_resume(
         tmp_path, "jax", jax_flags, env,
         extra=("--cache", str(tmp_path / "cache")),
