@@ -5,7 +5,7 @@ from keras import ops
 
 from keras_apm.layers.perception_mlp import PerceptionMLP
 from keras_apm.layers.position_encoding import grid_position_codes
-from keras_apm.layers.position_encoding import position_codes
+from keras_apm.layers.position_encoding import sincos_position_encoding_2d
 from keras_apm.layers.query_unfold import QueryUnfold
 from keras_apm.layers.query_unfold import unfold_queries
 
@@ -79,11 +79,11 @@ class PerceptionField(keras.layers.Layer):
         Computes in the dtype of `trigger`; see
         `PerceptionMLP.call_with_weights` for the weights.
         """
-        dtype = trigger.dtype
+        # float32 codes (cached for the grid), cast once per chunk below.
         if locations is None:
             codes = grid_position_codes(tuple(self.grid_shape), self.position_dim)
         else:
-            codes = position_codes(locations, self.position_dim, dtype)
+            codes = sincos_position_encoding_2d(locations, self.position_dim)
         chunk_size = (
             self.chunk_size
             if chunk_size == "default"
