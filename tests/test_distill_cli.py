@@ -419,3 +419,53 @@ def test_cli_choices_and_defaults_come_from_the_modules():
     assert options("demo")["epochs"].default == RECIPES["digits_demo"].epochs
     for action in ("islands", "overfit", "interpolate", "upsample"):
         assert tuple(options("visualize", action)["method"].choices) == METHODS
+
+
+def test_a_crafted_run_json_cannot_make_overwrite_delete_outside(
+    tmp_path, data_dir, capsys, monkeypatch
+):
+    # `--overwrite` deletes the outputs run.json lists: a crafted list used
+    # to delete folders outside the run directory.
+    def no_work(*args, **kwargs):
+        raise AssertionError("the teacher was loaded before the checks")
+
+    monkeypatch.setattr("keras_apm.distill.recipe.load_teacher", no_work)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    out = tmp_path / "run"
+    out.mkdir()
+    base = [
+        "distill", "--teacher", "vit_tiny_digits", "--dataset",
+        "sklearn_digits", "--data-dir", data_dir, "--output", str(out),
+    ]
+    for entry in ("../victim", str(victim)):
+        (out / "run.json").write_text(json.dumps(
+            {"kind": "distill", "config": {}, "outputs": ["student", entry]}
+        ))
+        assert main([*base, "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert str(out / "run.json") in err and repr(entry) in err
+        assert (victim / "precious.txt").read_text() == "keep me"
+    assert sorted(os.listdir(out)) == ["run.json"]
+
+
+def test_resume_into_an_empty_output_is_refused(
+    tmp_path, data_dir, capsys, monkeypatch
+):
+    # It used to train from scratch without a word.
+    def no_work(*args, **kwargs):
+        raise AssertionError("the teacher was loaded before the checks")
+
+    monkeypatch.setattr("keras_apm.distill.recipe.load_teacher", no_work)
+    for out in (tmp_path / "missing", tmp_path):
+        argv = [
+            "distill", "--teacher", "vit_tiny_digits", "--dataset",
+            "sklearn_digits", "--data-dir", data_dir, "--output", str(out),
+            "--resume",
+        ]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"nothing to resume in {str(out)!r}" in err
+        assert "Drop --resume" in err
+    assert not (tmp_path / "missing").exists()

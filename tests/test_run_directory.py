@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import pytest
 
 from keras_apm.utils.hyperparameters import check_number
@@ -230,3 +231,118 @@ def test_check_number_passes():
     assert check_number(3, "x", low=1, integer=True) == 3
     assert check_number(1e30, "x", low=0, low_open=True) == 1e30
     assert check_number(None, "x", allow_none=True) is None
+
+
+# --- A crafted run.json, --resume of nothing, SIGTERM (issue 22). -----------
+
+
+def craft_manifest(out, entries, config=None):
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, MANIFEST_FILE), "w") as f:
+        json.dump(
+            {"kind": "distill", "config": config or {"lr": 9.0},
+             "outputs": entries, "run_id": "x", "status": "complete"},
+            f,
+        )
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink", "not-a-list"])
+def test_a_crafted_manifest_never_reaches_outside(tmp_path, how):
+    # run.json decides what --overwrite deletes: it used to delete a folder
+    # outside the run directory named by `..` or an absolute path.
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    out = str(tmp_path / "runs" / "run")
+    os.makedirs(out)
+    entry = {
+        "dotdot": "../../victim",
+        "absolute": str(victim),
+        "symlink": "checkpoints",
+        "not-a-list": "../../victim",
+    }[how]
+    if how == "symlink":
+        os.symlink(victim, os.path.join(out, "checkpoints"))
+    craft_manifest(out, entry if how == "not-a-list" else ["student", entry])
+    for kwargs in ({"overwrite": True}, {"resume": True}, {}):
+        with pytest.raises(ValueError) as error:
+            claim(out, **kwargs).__enter__()
+        message = str(error.value)
+        assert os.path.join(out, MANIFEST_FILE) in message
+        assert repr(entry) in message
+    assert (victim / "precious.txt").read_text() == "keep me"
+    assert not os.path.exists(os.path.join(out, LOCK_FILE))
+
+
+def test_manifest_entries_inside_the_directory_are_deleted(tmp_path):
+    out = str(tmp_path / "run")
+    write_outputs(out)
+    craft_manifest(out, ["checkpoints/../metrics.json", "checkpoints"])
+    with claim(out, overwrite=True) as run:
+        assert not run.resuming
+        assert sorted(os.listdir(out)) == [LOCK_FILE, MANIFEST_FILE]
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_resume_with_nothing_to_resume_is_refused(tmp_path, exists):
+    # It used to start from scratch without a word (a mistyped --output).
+    out = tmp_path / "run"
+    if exists:
+        out.mkdir()
+    with pytest.raises(ValueError, match="nothing to resume in .*--resume"):
+        claim(str(out), resume=True).__enter__()
+    assert out.exists() == exists and (not exists or not os.listdir(out))
+    # A run killed before it saved anything: its manifest alone.
+    craft_manifest(str(out), list(OUTPUTS), config={"lr": 1e-3})
+    with pytest.raises(ValueError, match="saved nothing yet"):
+        claim(str(out), resume=True).__enter__()
+
+
+# A run that is terminated in the middle of a staged write.
+TERMINATED = textwrap.dedent(
+    """
+    import os, sys, time
+    from keras_apm.utils.files import atomic_write
+    from keras_apm.utils.run_directory import RunDirectory
+
+    out = sys.argv[1]
+    with RunDirectory(out, "distill", {"lr": 1e-3},
+                      outputs=("checkpoints", "student")) as run:
+        os.makedirs(os.path.join(out, "checkpoints"))
+
+        def write(staged):
+            os.makedirs(staged)
+            print("writing", flush=True)
+            time.sleep(60)
+
+        atomic_write(os.path.join(out, "student"), write)
+    """
+)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax",
+    reason="backend-free; runs once, in the JAX suite (imports Keras: ~8 s)",
+)
+def test_sigterm_marks_the_run_and_releases_it(tmp_path):
+    # SIGTERM used to leave run.json saying "running", the lock file and
+    # the staged student behind.
+    import signal
+
+    out = str(tmp_path / "run")
+    run = subprocess.Popen(
+        [sys.executable, "-c", TERMINATED, out], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert run.stdout.readline().strip() == "writing", run.stderr.read()
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert sorted(os.listdir(out)) == ["checkpoints", MANIFEST_FILE]
+    assert manifest(out)["status"] == "interrupted"
+    with claim(out, {"lr": 1e-3}, resume=True) as again:
+        assert again.resuming

@@ -22,6 +22,7 @@ import errno
 import hashlib
 import json
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -166,6 +167,54 @@ def replace_path(staged, path):
         os.rename(backup, path)
         raise
     shutil.rmtree(backup, ignore_errors=True)
+
+
+def resolve_inside(directory, entry, *, source):
+    """Resolves a path read from a file, refusing anything outside `directory`.
+
+    Manifests, `run.json` and checksum lists name files of their own
+    directory. A crafted or damaged one must not make keras_apm read,
+    overwrite or delete anything else, so every such entry is resolved
+    (symbolic links followed) and must lie strictly inside `directory`:
+    no absolute paths, no `..` out, no links pointing out, not the
+    directory itself.
+
+    Args:
+        directory: the folder the entry belongs to.
+        entry: the path as the file gives it (relative to `directory`).
+        source: the file the entry was read from, for the message.
+
+    Returns:
+        The resolved `pathlib.Path`.
+
+    Raises:
+        ValueError: naming `source` and `entry`, if the entry is not a
+            non-empty relative path resolving inside `directory`.
+
+    Example:
+    >>> resolve_inside("runs/a", "checkpoints", source="runs/a/run.json")
+    PosixPath('/home/me/runs/a/checkpoints')
+    """
+    root = pathlib.Path(os.fspath(directory)).resolve()
+    where = (
+        f"{os.fspath(source)!r} lists {entry!r}, but every entry must be a "
+        f"path inside its directory {str(root)!r}"
+    )
+    fix = (
+        " The file is damaged or was crafted; nothing was changed. Remove or "
+        "repair it (or choose another directory)."
+    )
+    if not isinstance(entry, (str, os.PathLike)) or not os.fspath(entry):
+        raise ValueError(f"{where}; it is not a path." + fix)
+    path = pathlib.Path(os.fspath(entry))
+    if path.is_absolute():
+        raise ValueError(f"{where}; it is an absolute path." + fix)
+    resolved = (root / path).resolve()
+    if root not in resolved.parents:
+        raise ValueError(
+            f"{where}; it resolves to {str(resolved)!r}, outside it." + fix
+        )
+    return resolved
 
 
 def check_writable_dir(directory, what=None):

@@ -16,11 +16,20 @@ step; one that writes a single file (`keras-apm ttt`) claims it with
   own earlier run (same kind and configuration, when asked to resume),
   starts fresh in a directory holding no run's outputs, and otherwise
   refuses, unless told to overwrite: then the old run's outputs are deleted
-  first, so nothing of it can be mistaken for the new run's.
+  first, so nothing of it can be mistaken for the new run's. Asked to
+  resume a directory that holds nothing to resume, it refuses rather than
+  start from scratch unnoticed (a mistyped `--output`, say);
+- trusts no path in `run.json`: each of its outputs must resolve inside
+  the directory (`keras_apm.utils.files.resolve_inside`), so a crafted
+  manifest cannot make `--overwrite` delete anything elsewhere;
+- turns SIGTERM into an exception while the run holds the directory, so a
+  terminated run unwinds like Ctrl-C: its manifest says "interrupted", its
+  lock and staged files are removed.
 
 Only the process that writes (the chief, in a multi-process run) claims.
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -33,7 +42,9 @@ try:
 except ImportError:  # Not POSIX: runs are not locked.
     fcntl = None
 
+from keras_apm.utils.files import resolve_inside
 from keras_apm.utils.files import staging_path
+from keras_apm.utils.files import terminate_as_exit
 from keras_apm.utils.files import write_json
 
 MANIFEST_FILE = "run.json"
@@ -248,6 +259,7 @@ class RunDirectory:
         self._outer = None
         self._created_directory = False
         self._manifest = None
+        self._signals = None
 
     # --- claiming ----------------------------------------------------
     def __enter__(self):
@@ -262,12 +274,24 @@ class RunDirectory:
             return self
         self._created_directory = not os.path.exists(self.path)
         check_writable(self.path)
-        self._lock = OutputLock(os.path.join(self.path, LOCK_FILE)).acquire()
+        # SIGTERM (a scheduler's stop, `kill`) as an exception while the
+        # run holds the directory: `__exit__` then marks the manifest,
+        # releases the lock, and staged writes remove their files.
+        self._signals = contextlib.ExitStack()
+        self._signals.enter_context(terminate_as_exit())
+        try:
+            self._lock = OutputLock(
+                os.path.join(self.path, LOCK_FILE)
+            ).acquire()
+        except BaseException:
+            self._signals.close()
+            raise
         try:
             self._claim()
         except BaseException:
             self._lock.release()
             self._remove_if_empty()
+            self._signals.close()
             raise
         _HELD[key] = self
         return self
@@ -275,12 +299,33 @@ class RunDirectory:
     def _present(self, names):
         return [n for n in names if os.path.lexists(os.path.join(self.path, n))]
 
+    def _saved_outputs(self, saved):
+        """The outputs `run.json` lists, each resolved inside the directory.
+
+        Returns `{entry: resolved path}`. Raises a ValueError naming
+        `run.json` and the entry for anything that is not a path inside
+        the directory: the manifest decides what `--overwrite` deletes.
+        """
+        source = os.path.join(self.path, MANIFEST_FILE)
+        entries = saved.get("outputs") or ()
+        if not isinstance(entries, (list, tuple)):
+            raise ValueError(
+                f"{source!r} lists its outputs as {entries!r}; expected a "
+                "list of names inside the run directory. The file is "
+                "damaged or was crafted; nothing was changed. Remove or "
+                "repair it (or choose another output directory)."
+            )
+        return {
+            entry: resolve_inside(self.path, entry, source=source)
+            for entry in entries
+        }
+
     def _claim(self):
         saved = read_manifest(self.path)
-        old_outputs = self.outputs
+        targets = {n: os.path.join(self.path, n) for n in self.outputs}
         if saved:
-            old_outputs = tuple(saved.get("outputs") or ()) or self.outputs
-        present = self._present(old_outputs)
+            targets = self._saved_outputs(saved) or targets
+        present = [n for n, t in targets.items() if os.path.lexists(t)]
         same = bool(saved) and (
             saved.get("kind") == self.kind and saved.get("config") == self.config
         )
@@ -316,10 +361,24 @@ class RunDirectory:
                 "Choose another output directory, or pass `overwrite=True` "
                 "(--overwrite) to delete them and start over."
             )
+        elif self.resume and not present:
+            said = ""
+            if saved:
+                said = (
+                    f" (its {MANIFEST_FILE} records a run that saved "
+                    "nothing yet)"
+                )
+            raise ValueError(
+                f"There is nothing to resume in {self.path!r}: it holds none "
+                f"of a run's outputs ({', '.join(self.outputs)}){said}. Drop "
+                "--resume (`resume=False`) to start a new run there, or pass "
+                "the output directory of the run to continue."
+            )
         else:
             # Fresh: clear what a previous run left (only with overwrite).
+            # Targets are resolved inside the directory (`_saved_outputs`).
             for name in present:
-                target = os.path.join(self.path, name)
+                target = os.fspath(targets[name])
                 if os.path.isdir(target) and not os.path.islink(target):
                     shutil.rmtree(target)
                 else:
@@ -348,7 +407,13 @@ class RunDirectory:
             return False
         try:
             if self._present(self.outputs):
-                self._write_manifest("failed" if exc_type else "complete")
+                if exc_type is None:
+                    status = "complete"
+                elif issubclass(exc_type, (SystemExit, KeyboardInterrupt)):
+                    status = "interrupted"  # SIGTERM, Ctrl-C: resumable
+                else:
+                    status = "failed"
+                self._write_manifest(status)
             else:
                 # Nothing written (e.g. a bad argument found late): leave
                 # no trace, so the next run starts fresh here.
@@ -362,6 +427,7 @@ class RunDirectory:
             _HELD.pop(os.path.realpath(self.path), None)
             self._lock.release()
             self._remove_if_empty()
+            self._signals.close()
         return False
 
     def _remove_if_empty(self):
