@@ -469,3 +469,27 @@ def test_resume_into_an_empty_output_is_refused(
         assert f"nothing to resume in {str(out)!r}" in err
         assert "Drop --resume" in err
     assert not (tmp_path / "missing").exists()
+
+
+def test_a_damaged_checkpoint_names_its_file(tmp_path):
+    # A truncated optimizer.npz or a garbage state.json used to raise a
+    # bare BadZipFile / JSONDecodeError naming no file.
+    teacher = load_teacher("vit_tiny_digits")
+    student = resolve_student(None, teacher, trunk_widths=(16,))[0]
+    distiller = APMDistiller(student, teacher)
+    distiller.compile(optimizer="adam")
+    distiller.optimizer.build(distiller.trainable_variables)
+    checkpoint = DistillCheckpoint(tmp_path / "checkpoints")
+    checkpoint.save(distiller, 1)
+    folder = tmp_path / "checkpoints" / "epoch_00001"
+    optimizer = folder / "optimizer.npz"
+    optimizer.write_bytes(optimizer.read_bytes()[:200])
+    with pytest.raises(ValueError) as error:
+        checkpoint.restore(distiller)
+    message = str(error.value)
+    assert f"{str(optimizer)!r} is damaged (BadZipFile" in message
+    assert ".npz archive" in message and "without --resume" in message
+    for garbage in (b"{not json", b"[1, 2]", b'{"epoch": "one"}', b"\xff"):
+        (folder / "state.json").write_bytes(garbage)
+        with pytest.raises(ValueError, match="state.json' is damaged"):
+            checkpoint.restore(distiller)

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import zipfile
 
 import keras
 import numpy as np
@@ -281,8 +282,7 @@ class DistillCheckpoint(keras.callbacks.Callback):
         path = self.latest()
         if path is None:
             return 0
-        with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
-            state = json.load(f)
+        state = self._read_state(path)
         if self.run_id is not None and state.get("run_id") != self.run_id:
             raise ValueError(
                 f"The checkpoint {path!r} belongs to run "
@@ -293,8 +293,7 @@ class DistillCheckpoint(keras.callbacks.Callback):
         optimizer = distiller.optimizer
         if not optimizer.built:
             optimizer.build(distiller.trainable_variables)
-        with np.load(os.path.join(path, OPTIMIZER_FILE)) as data:
-            arrays = [data[f"v{i:05d}"] for i in range(len(data.files))]
+        arrays = self._read_optimizer(path)
         variables = optimizer.variables
         shapes = [tuple(v.shape) for v in variables]
         if (
@@ -310,6 +309,53 @@ class DistillCheckpoint(keras.callbacks.Callback):
         for variable, array in zip(variables, arrays):
             variable.assign(array)
         return int(state["epoch"])
+
+    @staticmethod
+    def _damaged(file, error, expected):
+        """The error for a checkpoint file that cannot be read."""
+        checkpoint = os.path.dirname(file)
+        return ValueError(
+            f"The checkpoint file {file!r} is damaged ({type(error).__name__}"
+            f": {error}); expected {expected}. Delete the checkpoint "
+            f"{checkpoint!r} to resume from an earlier one, or start over "
+            "without --resume (`resume=False`; --overwrite to replace the "
+            "run)."
+        )
+
+    def _read_state(self, path):
+        file = os.path.join(path, STATE_FILE)
+        expected = (
+            "a JSON object with the completed `epoch` (an int >= 0), as "
+            "`DistillCheckpoint.save` writes it"
+        )
+        try:
+            with open(file, encoding="utf-8") as f:
+                state = json.load(f)
+            if not isinstance(state, dict):
+                raise TypeError(f"a JSON {type(state).__name__}, not an object")
+            epoch = state.get("epoch")
+            if isinstance(epoch, bool) or not isinstance(epoch, int) or (
+                epoch < 0
+            ):
+                raise ValueError(f"its `epoch` is {epoch!r}")
+        except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
+            raise self._damaged(file, e, expected) from None
+        return state
+
+    def _read_optimizer(self, path):
+        file = os.path.join(path, OPTIMIZER_FILE)
+        expected = (
+            "a NumPy .npz archive of the optimizer's variables (v00000, "
+            "v00001, ...), as `DistillCheckpoint.save` writes it"
+        )
+        try:
+            with np.load(file, allow_pickle=False) as data:
+                return [data[f"v{i:05d}"] for i in range(len(data.files))]
+        except (
+            OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile,
+            TypeError,  # a .npy file: np.load returns an array, no archive
+        ) as e:
+            raise self._damaged(file, e, expected) from None
 
     @staticmethod
     def _load_student(student, preset):
