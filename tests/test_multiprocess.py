@@ -303,6 +303,144 @@ def test_tensorflow_cli_group_killed_then_resumed(tmp_path):
     kill_and_resume(tmp_path, "tensorflow", flags)
 
 
+# --- A group agrees on its settings before it starts (issue 22). -----------
+
+
+def run_to_exit(commands, envs, timeout=120):
+    """Runs processes together until all exit; returns [(status, output)].
+
+    Killed (and the test failed) after `timeout` seconds: a group that
+    disagrees must stop at start-up, not hang or train.
+    """
+    base = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+    for key in ("TF_CONFIG", "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+                "KERAS_DISTRIBUTION_NUM_PROCESSES",
+                "KERAS_DISTRIBUTION_PROCESS_ID", "XLA_FLAGS"):
+        base.pop(key, None)
+    procs = [
+        subprocess.Popen(
+            command, env=dict(base, **env), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        for command, env in zip(commands, envs)
+    ]
+    try:
+        outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail(
+            "the group did not stop at start-up:\n"
+            + "\n".join(p.communicate()[0][-3000:] for p in procs)
+        )
+    return [(p.returncode, out) for p, out in zip(procs, outputs)]
+
+
+def stop_a_group_with_different_settings(tmp_path, backend, flags, env):
+    """`keras-apm distill` as 2 processes given other --epochs and
+    --learning-rate: both stop at start-up naming them; nothing written."""
+
+    def command(i, epochs, rate):
+        return [
+            sys.executable, "-m", "keras_apm", "distill",
+            "--teacher", "vit_tiny_digits", "--dataset", "sklearn_digits",
+            "--split", "train[:64]", "--batch-size", "16",
+            "--data-dir", str(tmp_path / "tfds"),
+            "--output", str(tmp_path / "run"), "--epochs", epochs,
+            "--learning-rate", rate, *flags(i),
+        ]
+
+    env = dict(env, KERAS_BACKEND=backend)
+    results = run_to_exit(
+        [command(0, "4", "0.001"), command(1, "2", "0.002")], [env, env]
+    )
+    for status, output in results:
+        assert status == 2, output
+        assert "process 1 runs with epochs=2, process 0 with epochs=4" in (
+            output
+        ), output
+        assert "learning_rate=0.002, process 0 with learning_rate=0.001" in (
+            output
+        )
+    assert not os.path.exists(tmp_path / "run")  # nothing was claimed
+
+
+@only_jax
+def test_jax_group_with_different_settings_stops_at_start_up(tmp_path):
+    # `--epochs 4` on process 0 and `--epochs 2` (and another learning
+    # rate) on process 1 used to train until a gloo "collective mismatch"
+    # minutes later. Now both stop before any work, naming the settings.
+    (port,) = free_ports(1)
+    stop_a_group_with_different_settings(
+        tmp_path, "jax",
+        lambda i: [
+            "--coordinator", f"localhost:{port}", "--num-processes", "2",
+            "--process-id", str(i),
+        ],
+        {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+    )
+
+
+@only_tensorflow
+def test_tensorflow_group_with_different_settings_stops_at_start_up(
+    tmp_path,
+):
+    addresses = ",".join(f"localhost:{p}" for p in free_ports(2))
+    stop_a_group_with_different_settings(
+        tmp_path, "tensorflow",
+        lambda i: ["--coordinator", addresses, "--process-id", str(i)], {},
+    )
+
+
+TORCH_AGREEMENT = """
+import sys
+import torch.distributed as dist
+from keras_apm.backend.run_agreement import check_same_settings
+
+port, rank, epochs = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+dist.init_process_group(
+    "gloo", init_method=f"tcp://localhost:{port}", rank=rank, world_size=2
+)
+settings = {"epochs": 4, "learning_rate": 1e-3, "dataset": "digits"}
+print("agreed:", check_same_settings(settings, 2, rank), flush=True)
+try:
+    check_same_settings(dict(settings, epochs=epochs), 2, rank)
+except ValueError as e:
+    print("refused:", e, flush=True)
+    sys.exit(3)
+finally:
+    dist.destroy_process_group()
+"""
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="runs once, in the torch suite"
+)
+def test_torch_group_agrees_on_its_settings():
+    # A torch.distributed (gloo) group exchanges the settings' hashes with
+    # all_gather_object: agreeing processes go on, others stop at once.
+    (port,) = free_ports(1)
+    results = run_to_exit(
+        [
+            [sys.executable, "-c", TORCH_AGREEMENT, str(port), str(i),
+             str(epochs)]
+            for i, epochs in enumerate((4, 2))
+        ],
+        [{"KERAS_BACKEND": "torch"}] * 2,
+    )
+    digests = set()
+    for status, output in results:
+        assert status == 3, output
+        digests.add(output.split("agreed:")[1].split()[0])
+        refused = output.split("refused:")[1]
+        assert "process 1 runs with epochs=2, process 0 with epochs=4" in (
+            refused
+        ), output
+        assert "learning_rate" not in refused
+    assert len(digests) == 1
+
+
 # --- Settings, checked in this process (every backend). ---------------------
 
 

@@ -49,3 +49,25 @@ def replica_mean_loss(loss):
     # `keras.distribution.DataParallel` shards one global batch inside one
     # jitted program: the loss already is the global batch's mean.
     return loss
+
+
+def all_gather_text(text, num_processes, process_id, *, key, timeout_s,
+                    strategy=None):
+    """Every process's `text`, by process id, through `jax.distributed`'s
+    key-value store (the coordination service the group already runs, so
+    nothing is compiled and no device collective is needed)."""
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    if client is None:
+        raise ValueError(
+            f"A run of {num_processes} processes on JAX needs "
+            "`jax.distributed` initialized first "
+            "(`keras_apm.distill.distribution.initialize`)."
+        )
+    client.key_value_set(f"{key}/{process_id}", text)
+    return [
+        text if i == process_id
+        else client.blocking_key_value_get(f"{key}/{i}", int(timeout_s * 1000))
+        for i in range(num_processes)
+    ]

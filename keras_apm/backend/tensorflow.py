@@ -36,3 +36,32 @@ def replica_mean_loss(loss):
     # update is the gradient of the global batch's mean loss.
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     return loss / replicas if replicas > 1 else loss
+
+
+def all_gather_text(text, num_processes, process_id, *, key, timeout_s,
+                    strategy=None):
+    """Every process's `text`, by process id, through two all-reduces of
+    the group's `MultiWorkerMirroredStrategy`: the lengths, then each
+    process's bytes in its own row of a table that is zero elsewhere."""
+    import numpy as np
+
+    strategy = strategy or tf.distribute.get_strategy()
+    # Every local replica adds its process's row: divide the count out.
+    local = max(strategy.num_replicas_in_sync // num_processes, 1)
+
+    def sum_over_processes(table):
+        values = strategy.run(lambda: tf.constant(table))
+        total = strategy.reduce("SUM", values, axis=None).numpy()
+        return np.rint(total / local)  # float32 is exact for bytes x local
+
+    data = np.frombuffer(text.encode("utf-8"), np.uint8)
+    lengths = np.zeros((num_processes,), np.float32)
+    lengths[process_id] = data.size
+    lengths = sum_over_processes(lengths).astype(np.int64)
+    table = np.zeros((num_processes, int(lengths.max())), np.float32)
+    table[process_id, : data.size] = data
+    table = sum_over_processes(table).astype(np.uint8)
+    return [
+        table[i, : lengths[i]].tobytes().decode("utf-8")
+        for i in range(num_processes)
+    ]

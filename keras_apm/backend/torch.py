@@ -47,3 +47,25 @@ def fast_optimizer(optimizer):
 def replica_mean_loss(loss):
     # Keras runs PyTorch on one device per process: nothing to rescale.
     return loss
+
+
+def all_gather_text(text, num_processes, process_id, *, key, timeout_s,
+                    strategy=None):
+    """Every process's `text`, by process id, through
+    `torch.distributed.all_gather_object` on the default process group
+    (gloo on CPU)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(
+            f"A run of {num_processes} processes on PyTorch needs "
+            "`torch.distributed.init_process_group` called first."
+        )
+    if dist.get_world_size() != num_processes:
+        raise ValueError(
+            f"The torch.distributed group has {dist.get_world_size()} "
+            f"processes; the run expects {num_processes}."
+        )
+    gathered = [None] * num_processes
+    dist.all_gather_object(gathered, text)
+    return gathered

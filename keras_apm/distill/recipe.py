@@ -194,6 +194,13 @@ def distill(teacher=None, dataset=None, output=None, recipe="default",
     )
     config = _check_settings(arguments)
     group = distribution.initialize(coordinator, num_processes, process_id)
+    # Every process of a group runs with the same settings, or none starts.
+    from keras_apm.backend.run_agreement import check_same_settings
+
+    check_same_settings(
+        dict(config, epochs=settings.epochs, resume=bool(resume)),
+        group.num_processes, group.process_id, strategy=group.strategy,
+    )
     # Only the chief claims (and may clear) the shared output directory;
     # the others start once it has, and resume exactly when it does.
     claim = (
