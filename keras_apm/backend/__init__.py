@@ -20,6 +20,9 @@ the same functions:
 - `replica_mean_loss(loss)`: the loss a replica differentiates so that the
   replicas' summed gradients are the gradient of the global batch's mean
   loss (`keras_apm.APMDistiller.compute_loss`).
+- `all_gather_text(text, num_processes, process_id, *, key, timeout_s,
+  strategy=None)`: every process's `text`, by process id, through the
+  engine's own group (`keras_apm.backend.run_agreement`).
 
 `backend_module()` returns the module of the current Keras backend.
 
