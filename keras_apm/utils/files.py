@@ -13,6 +13,10 @@ racing for one destination end with the last one's folder and no leftovers.
 
 `sha256_file`, `write_manifest` and `verify_manifest` give artefacts
 (presets, caches) a checksum manifest that readers verify.
+
+`resolve_inside` is the one gate for paths read from a file on disk (a
+cache manifest, a run's `run.json`, a checksum list): whatever such a file
+says, nothing outside its own directory is read, rewritten or deleted.
 """
 
 import contextlib
@@ -170,51 +174,58 @@ def replace_path(staged, path):
 
 
 def resolve_inside(directory, entry, *, source):
-    """Resolves a path read from a file, refusing anything outside `directory`.
+    """The path `entry` names inside `directory`, resolved; refuses any other.
 
-    Manifests, `run.json` and checksum lists name files of their own
-    directory. A crafted or damaged one must not make keras_apm read,
-    overwrite or delete anything else, so every such entry is resolved
-    (symbolic links followed) and must lie strictly inside `directory`:
-    no absolute paths, no `..` out, no links pointing out, not the
-    directory itself.
+    Paths read from a file on disk (a cache manifest's shard list, a run's
+    outputs, a checksum list) decide what gets read, rewritten or deleted,
+    so a crafted or damaged file must not reach outside its directory. The
+    entry must be a non-empty relative path whose resolved form (symbolic
+    links followed, `..` applied) lies strictly inside the resolved
+    `directory`: `../x`, `/etc/x`, a link leading out, or the directory
+    itself are refused.
 
     Args:
-        directory: the folder the entry belongs to.
-        entry: the path as the file gives it (relative to `directory`).
-        source: the file the entry was read from, for the message.
+        directory: the folder the entry must stay in.
+        entry: the path as read from the file (a `str`).
+        source: what the entry was read from, for the error message, e.g.
+            `"the cache manifest 'cache/manifest.json', shards[3].file"`.
 
     Returns:
-        The resolved `pathlib.Path`.
+        The resolved `pathlib.Path`, strictly inside `directory`.
 
     Raises:
-        ValueError: naming `source` and `entry`, if the entry is not a
-            non-empty relative path resolving inside `directory`.
+        ValueError: naming `source`, the entry and why it is refused.
 
     Example:
-    >>> resolve_inside("runs/a", "checkpoints", source="runs/a/run.json")
-    PosixPath('/home/me/runs/a/checkpoints')
+    >>> resolve_inside("cache", "shard_00000.bin", source="cache/manifest.json")
+    PosixPath('/home/me/cache/shard_00000.bin')
     """
     root = pathlib.Path(os.fspath(directory)).resolve()
-    where = (
-        f"{os.fspath(source)!r} lists {entry!r}, but every entry must be a "
-        f"path inside its directory {str(root)!r}"
+    if not isinstance(entry, str):
+        why = f"is a {type(entry).__name__}, not a path"
+    elif not entry or "\0" in entry:
+        why = "is empty or holds a NUL byte"
+    elif os.path.isabs(entry):
+        why = "is an absolute path"
+    else:
+        try:
+            path = (root / entry).resolve()
+        except (OSError, RuntimeError) as e:  # a symbolic-link loop
+            path, why = None, f"cannot be resolved ({e})"
+        if path is not None and root in path.parents:
+            return path
+        if path == root:
+            why = "names the directory itself"
+        elif path is not None:
+            parts = pathlib.PurePath(entry).parts
+            through = "'..'" if ".." in parts else "a symbolic link"
+            why = f"leads out of it through {through} (to {str(path)!r})"
+    raise ValueError(
+        f"{source} names {entry!r}, which {why}. Entries must be relative "
+        f"paths inside {str(root)!r}: nothing outside it is read, written or "
+        "deleted because of what a file says. The file was edited or "
+        "crafted: restore or rebuild it."
     )
-    fix = (
-        " The file is damaged or was crafted; nothing was changed. Remove or "
-        "repair it (or choose another directory)."
-    )
-    if not isinstance(entry, (str, os.PathLike)) or not os.fspath(entry):
-        raise ValueError(f"{where}; it is not a path." + fix)
-    path = pathlib.Path(os.fspath(entry))
-    if path.is_absolute():
-        raise ValueError(f"{where}; it is an absolute path." + fix)
-    resolved = (root / path).resolve()
-    if root not in resolved.parents:
-        raise ValueError(
-            f"{where}; it resolves to {str(resolved)!r}, outside it." + fix
-        )
-    return resolved
 
 
 def check_writable_dir(directory, what=None):

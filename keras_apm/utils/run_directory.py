@@ -316,7 +316,9 @@ class RunDirectory:
                 "repair it (or choose another output directory)."
             )
         return {
-            entry: resolve_inside(self.path, entry, source=source)
+            entry: resolve_inside(
+                self.path, entry, source=f"The run manifest {source!r}"
+            )
             for entry in entries
         }
 
