@@ -102,8 +102,8 @@ def distill_digits(output, epochs=None, seed=0, data_dir=None,
     0.9...
     """
     import keras_apm.data.sklearn_digits  # noqa: F401  (registers the builder)
-    from keras_apm.distill.recipe import distill
-    from keras_apm.distill.recipe import load_teacher
+    from keras_apm.distill.recipe_runner import distill
+    from keras_apm.distill.recipe_runner import load_teacher
     from keras_apm.distill.recipes import get_recipe
 
     start = time.perf_counter()

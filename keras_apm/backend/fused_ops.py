@@ -21,7 +21,7 @@ import importlib
 import keras
 from keras import ops
 
-_BACKEND_MODULES = {"torch": "keras_apm.layers.torch_fused_ops"}
+_BACKEND_MODULES = {"torch": "keras_apm.backend.torch_fused_ops"}
 _LOADED = {}
 
 
