@@ -3,6 +3,10 @@
 Imported only when the Keras backend is TensorFlow.
 """
 
+import contextlib
+import json
+import os
+
 import tensorflow as tf
 
 
@@ -36,3 +40,50 @@ def replica_mean_loss(loss):
     # update is the gradient of the global batch's mean loss.
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     return loss / replicas if replicas > 1 else loss
+
+
+def join_processes(addresses, num_processes, process_id):
+    """Multi-process set-up (`keras_apm.distill.distribution.initialize`): a
+    global `tf.distribute.MultiWorkerMirroredStrategy` configured by
+    `TF_CONFIG` (written from the settings). Returns the strategy."""
+    if len(addresses) != num_processes:
+        raise ValueError(
+            f"TensorFlow workers each listen on their own address: give all "
+            f"{num_processes} addresses, comma-separated, process 0 first "
+            "(`--coordinator`, KERAS_DISTRIBUTION_JOB_ADDRESSES) or set "
+            f"TF_CONFIG. Received {','.join(addresses)!r}."
+        )
+    os.environ["TF_CONFIG"] = json.dumps(
+        {
+            "cluster": {"worker": list(addresses)},
+            "task": {"type": "worker", "index": process_id},
+        }
+    )
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    # Global, like the JAX distribution: models built anywhere after this
+    # (teacher, student, optimizer, restored checkpoints) are mirrored.
+    tf.distribute.experimental_set_strategy(strategy)
+    return strategy
+
+
+@contextlib.contextmanager
+def without_distribution(strategy):
+    """Models built inside live on this process only (`ProcessGroup.local`)."""
+    tf.distribute.experimental_set_strategy(None)
+    try:
+        yield
+    finally:
+        tf.distribute.experimental_set_strategy(strategy)
+
+
+def barrier(strategy):
+    """Returns when every process has reached it (`ProcessGroup.barrier`)."""
+    ones = strategy.run(lambda: tf.constant(1.0))
+    # An all-reduce over the workers: each has to contribute.
+    total = strategy.reduce("SUM", ones, axis=None).numpy()
+    if round(float(total)) != strategy.num_replicas_in_sync:
+        raise RuntimeError(f"The barrier counted {total} replicas.")
+
+
+# No fast kernels: XLA and Grappler fuse the generic form (`fused_ops`).
+fused_ops = None
