@@ -70,10 +70,9 @@ def join_processes(addresses, num_processes, process_id):
 def without_distribution(strategy):
     """Models built inside live on this process only (`ProcessGroup.local`)."""
     tf.distribute.experimental_set_strategy(None)
-    try:
+    with contextlib.ExitStack() as restore:
+        restore.callback(tf.distribute.experimental_set_strategy, strategy)
         yield
-    finally:
-        tf.distribute.experimental_set_strategy(strategy)
 
 
 def barrier(strategy):
