@@ -130,7 +130,7 @@ def add_parser(subparsers):
 
 
 def run(args):
-    from keras_apm.utils.hyperparameters import check_flags
+    from keras_apm.utils.validation import check_flags
 
     # Checked here first, so that errors name the flags.
     ranges = dict(

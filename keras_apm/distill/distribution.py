@@ -38,6 +38,7 @@ import os
 import keras
 
 from keras_apm.backend import backend_module
+from keras_apm.utils.validation import check_number
 
 JOB_ADDRESSES_ENV = "KERAS_DISTRIBUTION_JOB_ADDRESSES"
 NUM_PROCESSES_ENV = "KERAS_DISTRIBUTION_NUM_PROCESSES"
@@ -50,15 +51,10 @@ _GROUP = None
 
 
 def _int_setting(value, name, minimum):
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = None
-    if number is None or isinstance(value, bool) or number < minimum:
-        raise ValueError(
-            f"`{name}` must be an int >= {minimum}. Received {value!r}."
-        )
-    return number
+    # Environment variables hold text: "2" is the int 2.
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    return check_number(value, name, low=minimum, integer=True)
 
 
 def _tf_config_settings():
@@ -125,7 +121,7 @@ def resolve(coordinator=None, num_processes=None, process_id=None):
         # A coordinator alone names the group: one address per process.
         num_processes = len(coordinator.split(",")) if coordinator else 1
     num_processes = _int_setting(
-        num_processes, "num_processes` (--num-processes", 1
+        num_processes, "`num_processes` (--num-processes)", 1
     )
     if num_processes == 1:
         return {"addresses": [], "num_processes": 1, "process_id": 0}
@@ -141,7 +137,7 @@ def resolve(coordinator=None, num_processes=None, process_id=None):
             f"(`process_id`, `--process-id`, {PROCESS_ID_ENV} or "
             f"{TF_CONFIG_ENV}). Received none."
         )
-    process_id = _int_setting(process_id, "process_id` (--process-id", 0)
+    process_id = _int_setting(process_id, "`process_id` (--process-id)", 0)
     if process_id >= num_processes:
         raise ValueError(
             f"`process_id` (--process-id) must be in [0, {num_processes}) for "

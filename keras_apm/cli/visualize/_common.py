@@ -2,6 +2,7 @@
 
 import os
 
+from keras_apm.utils.validation import check_flags
 from keras_apm.visualize.islands import METHODS
 
 
@@ -52,8 +53,7 @@ def check_common(args):
         raise ValueError(
             f"--output must be a .png file. Received {args.output!r}."
         )
-    if args.clusters < 1:
-        raise ValueError(f"--clusters must be >= 1. Received {args.clusters}.")
+    check_flags(args, clusters=dict(low=1, integer=True))
     return [load_image(spec) for spec in args.image]
 
 
