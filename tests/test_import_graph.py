@@ -10,6 +10,7 @@ nothing.
 """
 
 import ast
+import functools
 import os
 
 # The checkout this test file belongs to.
@@ -50,7 +51,9 @@ def module_files():
     return modules
 
 
+@functools.lru_cache(maxsize=None)
 def parse(path):
+    # Read once per test session: the tests below walk the same files.
     with open(path, encoding="utf-8") as f:
         return ast.parse(f.read(), path)
 
