@@ -21,7 +21,7 @@ import keras_hub
 
 import keras_apm
 from keras_apm import visualize
-from keras_apm.models.apm import load_image_converter
+from keras_apm.models.apm import load_apm
 from keras_apm.models.apm.apm_student import default_student_config
 from keras_apm.models.apm.apm_student import load_teacher
 from keras_apm.teachers import ViTTeacher
@@ -71,8 +71,7 @@ def load_or_distil(args, images):
     APM distilled on `images` for `--steps` steps."""
     teacher = load_teacher_arg(args)
     if args.preset:
-        model = keras_apm.APM.from_preset(args.preset)
-        converter = load_image_converter(args.preset, model.image_shape[:2])
+        model, converter = load_apm(args.preset)
     else:
         model, converter = fresh_apm(teacher), None
     inputs, views = visualize.prepare_images(

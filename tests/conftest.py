@@ -25,10 +25,10 @@ def xla_flags(*flags):
     return " ".join(flags + (FAST_XLA_FLAGS,))
 
 
-import keras
-import keras_hub
 import numpy as np
 import pytest
+from presets_factory import save_preset
+from presets_factory import tiny_vit
 
 
 @pytest.fixture
@@ -39,16 +39,5 @@ def rng():
 @pytest.fixture(scope="module")
 def vit_teacher_preset(tmp_path_factory):
     """A random 2-layer ViT (32x32 input, patch 8: a 4x4 grid of 16-d)."""
-    keras.utils.set_random_seed(7)
-    backbone = keras_hub.models.ViTBackbone(
-        image_shape=(32, 32, 3),
-        patch_size=8,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        mlp_dim=32,
-        dtype="float32",
-    )
-    path = str(tmp_path_factory.mktemp("vit_teacher"))
-    backbone.save_to_preset(path)
-    return path
+    backbone = tiny_vit(seed=7, dtype="float32")
+    return save_preset(tmp_path_factory.mktemp("vit_teacher"), backbone)

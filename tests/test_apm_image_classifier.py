@@ -165,7 +165,7 @@ def test_bad_arguments(tmp_path):
         APMImageClassifier(backbone, num_classes=2, pooling="global")
     with pytest.raises(ValueError, match="`pooling` must be one of"):
         APMImageClassifier(backbone, num_classes=2, pooling="max")
-    with pytest.raises(ValueError, match="positive int"):
+    with pytest.raises(ValueError, match="`num_classes` must be an int >= 1"):
         APMImageClassifier(backbone, num_classes=0)
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         APMImageClassifier(backbone, num_classes=2, dropout=1.5)

@@ -4,10 +4,10 @@ import json
 import os
 import pathlib
 
-import keras
-import keras_hub
 import numpy as np
 import pytest
+from presets_factory import tiny_clip
+from presets_factory import tiny_vit
 
 import keras_apm
 from keras_apm.models.apm.apm_student import check_student_teacher
@@ -33,30 +33,18 @@ def teacher(vit_teacher_preset):
 @pytest.fixture(scope="module")
 def wide_teacher():
     """16x16 input, patch 8: a 2x2 grid of 16-d, wider than it has cells."""
-    keras.utils.set_random_seed(11)
     return ViTTeacher(
-        keras_hub.models.ViTBackbone(
-            image_shape=(16, 16, 3), patch_size=8, num_layers=1, num_heads=2,
-            hidden_dim=16, mlp_dim=16,
-        )  # fmt: skip
+        tiny_vit(seed=11, image_shape=(16, 16, 3), num_layers=1, mlp_dim=16)
     )
 
 
 @pytest.fixture(scope="module")
 def clip_teacher():
     """A 4x4 grid of 16-d and a 12-d projected global embedding."""
-    keras.utils.set_random_seed(12)
-    vision = keras_hub.models.CLIPVisionEncoder(
-        patch_size=8, hidden_dim=16, num_layers=1, num_heads=2,
-        intermediate_dim=16, image_shape=(32, 32, 3),
-    )  # fmt: skip
-    text = keras_hub.models.CLIPTextEncoder(
-        vocabulary_size=16, embedding_dim=16, hidden_dim=16, num_layers=1,
-        num_heads=2, intermediate_dim=16, max_sequence_length=8,
-    )  # fmt: skip
     return CLIPTeacher(
-        keras_hub.models.CLIPBackbone(
-            vision_encoder=vision, text_encoder=text, projection_dim=12
+        tiny_clip(
+            seed=12, vocabulary_size=16, hidden_dim=16, intermediate_dim=16,
+            projection_dim=12,
         )
     )
 

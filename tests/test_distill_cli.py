@@ -14,7 +14,7 @@ from keras_apm.cli import main
 from keras_apm.distill import DistillCheckpoint
 from keras_apm.distill import save_student_preset
 from keras_apm.distill.distiller import APMDistiller
-from keras_apm.distill.recipe import distill
+from keras_apm.distill.recipe_runner import distill
 from keras_apm.distill.recipes import RECIPES
 from keras_apm.distill.recipes import get_recipe
 from keras_apm.models.apm.apm_student import load_teacher
@@ -277,7 +277,7 @@ def test_a_locked_or_read_only_output_fails_before_any_work(
     def no_work(*args, **kwargs):
         raise AssertionError("the teacher was loaded before the checks")
 
-    monkeypatch.setattr("keras_apm.distill.recipe.load_teacher", no_work)
+    monkeypatch.setattr("keras_apm.distill.recipe_runner.load_teacher", no_work)
     base = [
         "distill", "--teacher", "vit_tiny_digits", "--dataset",
         "sklearn_digits", "--data-dir", data_dir,

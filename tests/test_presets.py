@@ -66,6 +66,22 @@ def test_one_lookup_for_a_presets_preprocessing(preset_dir, tmp_path):
     assert tuple(shipped.image_size) == (32, 32)
 
 
+def test_load_apm_returns_the_model_and_its_converter(preset_dir, tmp_path):
+    """`load_apm`: one call, one resolved preset, both halves from it."""
+    from keras_apm.models.apm import load_apm
+
+    model, converter = load_apm(preset_dir)
+    assert tuple(model.image_shape) == (16, 16, 3)
+    assert (converter.scaling, converter.channel_order) == ("minmax", "bgr")
+    bare = copy_of(preset_dir, tmp_path)
+    os.remove(os.path.join(bare, "image_converter.json"))
+    _, fallback = load_apm(bare, scaling="imagenet", load_weights=False)
+    assert fallback.scaling == "imagenet"
+    assert tuple(fallback.image_size) == (16, 16)
+    model, converter = load_apm("apm_tiny_digits", load_weights=False)
+    assert tuple(converter.image_size) == tuple(model.image_shape[:2])
+
+
 def test_imagenet_and_unit_scaling():
     raw = np.full((1, 4, 4, 3), 255.0, "float32")
     unit = keras_apm.APMImageConverter(scaling="unit")(raw)

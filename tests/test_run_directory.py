@@ -11,7 +11,7 @@ import textwrap
 import keras
 import pytest
 
-from keras_apm.utils.hyperparameters import check_number
+from keras_apm.utils.validation import check_number
 from keras_apm.utils.run_directory import LOCK_FILE
 from keras_apm.utils.run_directory import MANIFEST_FILE
 from keras_apm.utils.run_directory import OutputFile

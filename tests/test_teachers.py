@@ -7,6 +7,9 @@ import keras_hub
 import numpy as np
 import pytest
 from keras import ops
+from presets_factory import save_preset
+from presets_factory import tiny_vit
+from presets_factory import tiny_vit_classifier
 
 import keras_apm
 from keras_apm.teachers import CLIPTeacher
@@ -44,45 +47,20 @@ def scale_offset(mean, std):
 @pytest.fixture(scope="module")
 def vit_task(tmp_path_factory):
     """ViTImageClassifier (with class token) + preprocessor, saved as a task."""
-    keras.utils.set_random_seed(1)
-    backbone = keras_hub.models.ViTBackbone(
-        image_shape=(32, 32, 3),
-        patch_size=4,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        mlp_dim=32,
+    task, converter = tiny_vit_classifier(
+        tiny_vit(seed=1, patch_size=4), num_classes=5
     )
-    converter = keras_hub.layers.ViTImageConverter(
-        image_size=(32, 32), scale=1 / 127.5, offset=-1.0
-    )
-    preprocessor = keras_hub.models.ViTImageClassifierPreprocessor(
-        image_converter=converter
-    )
-    task = keras_hub.models.ViTImageClassifier(
-        backbone=backbone, num_classes=5, preprocessor=preprocessor
-    )
-    path = str(tmp_path_factory.mktemp("vit_task"))
-    task.save_to_preset(path)
+    path = save_preset(tmp_path_factory.mktemp("vit_task"), task)
     return path, task, converter
 
 
 @pytest.fixture(scope="module")
 def vit_gap(tmp_path_factory):
     """ViTBackbone without class token, non-square, no image converter."""
-    keras.utils.set_random_seed(2)
-    backbone = keras_hub.models.ViTBackbone(
-        image_shape=(24, 32, 3),
-        patch_size=4,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        mlp_dim=32,
-        use_class_token=False,
+    backbone = tiny_vit(
+        seed=2, image_shape=(24, 32, 3), patch_size=4, use_class_token=False
     )
-    path = str(tmp_path_factory.mktemp("vit_gap"))
-    backbone.save_to_preset(path)
-    return path, backbone
+    return save_preset(tmp_path_factory.mktemp("vit_gap"), backbone), backbone
 
 
 @pytest.fixture(scope="module")
@@ -654,11 +632,10 @@ def test_added_teacher_is_found_and_its_head_classifies(
 
 
 def test_gap_head_reads_all_tokens_even_on_a_resized_grid(rng):
-    keras.utils.set_random_seed(10)
-    backbone = keras_hub.models.ViTBackbone(
-        image_shape=(16, 16, 3), patch_size=4, num_layers=1, num_heads=2,
+    backbone = tiny_vit(
+        seed=10, image_shape=(16, 16, 3), patch_size=4, num_layers=1,
         hidden_dim=8, mlp_dim=16,
-    )  # fmt: skip
+    )
     task = keras_hub.models.ViTImageClassifier(
         backbone=backbone, num_classes=4, pooling="gap", intermediate_dim=6
     )

@@ -6,6 +6,10 @@ import keras
 import keras_hub
 import numpy as np
 import pytest
+from presets_factory import save_preset
+from presets_factory import tiny_clip
+from presets_factory import tiny_vit
+from presets_factory import tiny_vit_classifier
 from sklearn.datasets import load_digits
 
 import keras_apm
@@ -30,26 +34,12 @@ def digits():
 @pytest.fixture(scope="module")
 def vit_preset(tmp_path_factory):
     """A tiny random ViTImageClassifier (16x16 input, 4x4 grid) as a preset."""
-    keras.utils.set_random_seed(7)
-    backbone = keras_hub.models.ViTBackbone(
-        image_shape=(16, 16, 3),
-        patch_size=4,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=8,
-        mlp_dim=16,
+    backbone = tiny_vit(
+        seed=7, image_shape=(16, 16, 3), patch_size=4, num_layers=1,
+        hidden_dim=8, mlp_dim=16,
     )
-    converter = keras_hub.layers.ViTImageConverter(
-        image_size=(16, 16), scale=1 / 127.5, offset=-1.0
-    )
-    task = keras_hub.models.ViTImageClassifier(
-        backbone=backbone,
-        num_classes=10,
-        preprocessor=keras_hub.models.ViTImageClassifierPreprocessor(converter),
-    )
-    path = str(tmp_path_factory.mktemp("vit"))
-    task.save_to_preset(path)
-    return path
+    task, _ = tiny_vit_classifier(backbone, num_classes=10)
+    return save_preset(tmp_path_factory.mktemp("vit"), task)
 
 
 @pytest.fixture(scope="module")
@@ -83,31 +73,12 @@ def clip_preset(tmp_path_factory):
     tokenizer = keras_hub.tokenizers.CLIPTokenizer(
         vocabulary=vocab_path, merges=merges_path
     )
-    keras.utils.set_random_seed(8)
-    vision = keras_hub.models.CLIPVisionEncoder(
-        patch_size=4,
-        hidden_dim=8,
-        num_layers=1,
-        num_heads=2,
-        intermediate_dim=16,
-        image_shape=(16, 16, 3),
+    backbone = tiny_clip(
+        seed=8, vocabulary_size=len(vocabulary), hidden_dim=8,
+        intermediate_dim=16, projection_dim=8, image_shape=(16, 16, 3),
+        patch_size=4, max_sequence_length=20,
     )
-    text = keras_hub.models.CLIPTextEncoder(
-        vocabulary_size=len(vocabulary),
-        embedding_dim=8,
-        hidden_dim=8,
-        num_layers=1,
-        num_heads=2,
-        intermediate_dim=16,
-        max_sequence_length=20,
-    )
-    backbone = keras_hub.models.CLIPBackbone(
-        vision_encoder=vision, text_encoder=text, projection_dim=8
-    )
-    path = str(folder / "preset")
-    backbone.save_to_preset(path)
-    tokenizer.save_to_preset(path)
-    return path, vocabulary
+    return save_preset(folder / "preset", backbone, tokenizer), vocabulary
 
 
 # Small tests build their steps the quickest way: TensorFlow graphs without

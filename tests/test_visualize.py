@@ -8,6 +8,8 @@ import keras
 import keras_hub
 import numpy as np
 import pytest
+from presets_factory import save_preset
+from presets_factory import tiny_vit
 from PIL import Image
 
 import keras_apm
@@ -26,19 +28,10 @@ def photos():
 @pytest.fixture(scope="module")
 def teacher_preset(tmp_path_factory):
     """A random ViT at 32x32, patch 4 (8x8 grid, 16-d), without class token."""
-    keras.utils.set_random_seed(1)
-    backbone = keras_hub.models.ViTBackbone(
-        image_shape=(32, 32, 3),
-        patch_size=4,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=16,
-        mlp_dim=32,
-        use_class_token=False,
+    backbone = tiny_vit(
+        seed=1, patch_size=4, num_layers=1, use_class_token=False
     )
-    path = str(tmp_path_factory.mktemp("vit"))
-    backbone.save_to_preset(path)
-    return path
+    return save_preset(tmp_path_factory.mktemp("vit"), backbone)
 
 
 def tiny_apm(**kwargs):

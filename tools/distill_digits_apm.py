@@ -1,6 +1,6 @@
 """Distills the `apm_tiny_digits` preset shipped with keras_apm.
 
-Runs the `"digits"` recipe (`keras_apm.distill.digits`: the
+Runs the `"digits"` recipe (`keras_apm.apps.digits_demo`: the
 `vit_tiny_digits` teacher, the sklearn_digits train split, teacher targets
 cached once, the recipe's 60 epochs of `fit`; `keras-apm demo` runs the
 shorter `"digits_demo"`) and writes the student as a preset, with a
@@ -37,7 +37,7 @@ DEFAULT_OUTPUT = os.path.join(
 
 
 def parse_args(argv=None):
-    from keras_apm.distill import digits
+    from keras_apm.apps import digits_demo as digits
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", default=DEFAULT_OUTPUT)
@@ -49,7 +49,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    from keras_apm.distill import digits
+    from keras_apm.apps import digits_demo as digits
     from keras_apm.utils.files import atomic_write
     from keras_apm.utils.files import write_json
 

@@ -24,6 +24,20 @@ the same functions:
   strategy=None)`: every process's `text`, by process id, through the
   engine's own group (`keras_apm.backend.run_agreement`).
 
+- `join_processes(addresses, num_processes, process_id)`: joins a
+  multi-process data-parallel run (JAX: `keras.distribution`, TensorFlow:
+  `MultiWorkerMirroredStrategy`; PyTorch raises a `ValueError`); returns the
+  strategy object or None. `without_distribution(strategy)` (a context)
+  and `barrier(strategy)` go with it (`keras_apm.distill.distribution`,
+  which keeps the engine-agnostic settings and data sharding).
+- `fused_ops`: None, or the module of fast kernels behind
+  `keras_apm.backend.fused_ops` (PyTorch: `torch_fused_ops`).
+
+Helpers of one backend sit beside its module, named for it
+(`torch_adam.py`, `torch_fused_ops.py`). Nothing outside this package
+(and `keras_apm.convert`, which reads `.pth` files) imports `jax` or
+`torch` (`tests/test_import_graph.py` checks).
+
 `backend_module()` returns the module of the current Keras backend.
 
 Example:

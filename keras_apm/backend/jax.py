@@ -3,7 +3,10 @@
 Imported only when the Keras backend is JAX.
 """
 
+import contextlib
+
 import jax
+import keras
 
 
 def compile_step(loss_fn, optimizer, variables, jit_compile=True):
@@ -71,3 +74,48 @@ def all_gather_text(text, num_processes, process_id, *, key, timeout_s,
         else client.blocking_key_value_get(f"{key}/{i}", int(timeout_s * 1000))
         for i in range(num_processes)
     ]
+
+
+def join_processes(addresses, num_processes, process_id):
+    """Multi-process set-up (`keras_apm.distill.distribution.initialize`):
+    `jax.distributed` through `keras.distribution.initialize` (CPU
+    collectives through gloo) and a global `keras.distribution.DataParallel`
+    over the devices of all processes. Returns None (no strategy object)."""
+    # jax.distributed takes process 0's address; Keras splits the list.
+    keras.distribution.initialize(
+        job_addresses=",".join(addresses),
+        num_processes=num_processes,
+        process_id=process_id,
+    )
+    devices = keras.distribution.list_devices()
+    # Each process already feeds only its own batches (`ProcessGroup.shard`):
+    # Keras must not shard them again.
+    distribution = keras.distribution.DataParallel(
+        devices=devices, auto_shard_dataset=False
+    )
+    keras.distribution.set_distribution(distribution)
+    return None
+
+
+@contextlib.contextmanager
+def without_distribution(strategy):
+    """Models built inside live on this process only (`ProcessGroup.local`)."""
+    del strategy
+    distribution = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(distribution)
+
+
+def barrier(strategy):
+    """Returns when every process has reached it (`ProcessGroup.barrier`)."""
+    del strategy
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices("keras_apm")
+
+
+# No fast kernels: XLA fuses the generic `keras.ops` form (`fused_ops`).
+fused_ops = None

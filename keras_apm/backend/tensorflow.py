@@ -3,6 +3,10 @@
 Imported only when the Keras backend is TensorFlow.
 """
 
+import contextlib
+import json
+import os
+
 import tensorflow as tf
 
 
@@ -65,3 +69,49 @@ def all_gather_text(text, num_processes, process_id, *, key, timeout_s,
         table[i, : lengths[i]].tobytes().decode("utf-8")
         for i in range(num_processes)
     ]
+
+
+def join_processes(addresses, num_processes, process_id):
+    """Multi-process set-up (`keras_apm.distill.distribution.initialize`): a
+    global `tf.distribute.MultiWorkerMirroredStrategy` configured by
+    `TF_CONFIG` (written from the settings). Returns the strategy."""
+    if len(addresses) != num_processes:
+        raise ValueError(
+            f"TensorFlow workers each listen on their own address: give all "
+            f"{num_processes} addresses, comma-separated, process 0 first "
+            "(`--coordinator`, KERAS_DISTRIBUTION_JOB_ADDRESSES) or set "
+            f"TF_CONFIG. Received {','.join(addresses)!r}."
+        )
+    os.environ["TF_CONFIG"] = json.dumps(
+        {
+            "cluster": {"worker": list(addresses)},
+            "task": {"type": "worker", "index": process_id},
+        }
+    )
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    # Global, like the JAX distribution: models built anywhere after this
+    # (teacher, student, optimizer, restored checkpoints) are mirrored.
+    tf.distribute.experimental_set_strategy(strategy)
+    return strategy
+
+
+@contextlib.contextmanager
+def without_distribution(strategy):
+    """Models built inside live on this process only (`ProcessGroup.local`)."""
+    tf.distribute.experimental_set_strategy(None)
+    with contextlib.ExitStack() as restore:
+        restore.callback(tf.distribute.experimental_set_strategy, strategy)
+        yield
+
+
+def barrier(strategy):
+    """Returns when every process has reached it (`ProcessGroup.barrier`)."""
+    ones = strategy.run(lambda: tf.constant(1.0))
+    # An all-reduce over the workers: each has to contribute.
+    total = strategy.reduce("SUM", ones, axis=None).numpy()
+    if round(float(total)) != strategy.num_replicas_in_sync:
+        raise RuntimeError(f"The barrier counted {total} replicas.")
+
+
+# No fast kernels: XLA and Grappler fuse the generic form (`fused_ops`).
+fused_ops = None

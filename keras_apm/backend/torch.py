@@ -7,6 +7,7 @@ images, so there is little to fuse.
 
 import torch
 
+from keras_apm.backend import torch_fused_ops as fused_ops  # noqa: F401
 from keras_apm.backend.torch_adam import fused_adam
 
 
@@ -69,3 +70,16 @@ def all_gather_text(text, num_processes, process_id, *, key, timeout_s,
     gathered = [None] * num_processes
     dist.all_gather_object(gathered, text)
     return gathered
+
+
+def join_processes(addresses, num_processes, process_id):
+    """Keras has no distribution support on PyTorch: a `ValueError` before
+    any work (rather than training one copy per process, or waiting forever
+    for peers)."""
+    del addresses, process_id
+    raise ValueError(
+        "Multi-process distillation runs on the jax and tensorflow "
+        "backends; Keras has no distribution support for "
+        f"KERAS_BACKEND='torch'. Received num_processes={num_processes}. "
+        "Run one process, or set KERAS_BACKEND=jax or tensorflow."
+    )

@@ -54,9 +54,9 @@ def summary_table(summary):
 def run(args):
     import os
 
-    from keras_apm.distill import digits
-    from keras_apm.distill.recipe import RUN_OUTPUTS
-    from keras_apm.utils.hyperparameters import check_flags
+    from keras_apm.apps import digits_demo as digits
+    from keras_apm.distill.recipe_runner import RUN_OUTPUTS
+    from keras_apm.utils.validation import check_flags
     from keras_apm.utils.run_directory import RunDirectory
 
     check_flags(args, epochs=dict(low=1, integer=True))

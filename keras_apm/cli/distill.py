@@ -130,7 +130,7 @@ def add_parser(subparsers):
 
 
 def run(args):
-    from keras_apm.utils.hyperparameters import check_flags
+    from keras_apm.utils.validation import check_flags
 
     # Checked here first, so that errors name the flags.
     ranges = dict(
@@ -143,7 +143,7 @@ def run(args):
         ranges["levels"] = dict(low=1, integer=True)
     check_flags(args, **ranges)
     import keras_apm.data.sklearn_digits  # noqa: F401  (registers the builder)
-    from keras_apm.distill.recipe import distill
+    from keras_apm.distill.recipe_runner import distill
 
     recipe = RECIPES[args.recipe]
     overrides = {

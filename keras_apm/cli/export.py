@@ -100,10 +100,9 @@ def representative_inputs(source, preset, limit=100):
     import keras
     import numpy as np
 
-    if int(limit) < 1:
-        raise ValueError(
-            f"--representative-images must be >= 1. Received {limit}."
-        )
+    from keras_apm.utils.validation import check_number
+
+    check_number(limit, "--representative-images", low=1, integer=True)
     if os.path.isdir(source):
         from keras_apm.data import list_image_files
 

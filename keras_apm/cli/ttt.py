@@ -60,7 +60,7 @@ def add_parser(subparsers):
 
 
 def run(args):
-    from keras_apm.utils.hyperparameters import check_flags
+    from keras_apm.utils.validation import check_flags
     from keras_apm.utils.run_directory import OutputFile
 
     check_flags(

@@ -730,6 +730,8 @@ def corruption_map(name, severity, seed=0, table="cifar10"):
 
     import tensorflow as tf
 
+    from keras_apm.data.inputs import float_pixels
+
     def corrupt_one(image):
         digest = _image_digest(image)
         rng = np.random.default_rng((seed, digest))
@@ -754,13 +756,9 @@ def corruption_map(name, severity, seed=0, table="cifar10"):
                 "Expected images of shape (height, width, 3) or batches of "
                 f"shape (batch, height, width, 3). Received shape {shape}."
             )
-        if image.dtype.is_integer or image.dtype.is_floating:
-            image = tf.cast(image, tf.float32)
-        else:
-            raise ValueError(
-                "Expected a numeric image tensor with values in [0, 255]. "
-                f"Received dtype {image.dtype.name}."
-            )
+        image = float_pixels(
+            image, "a numeric image tensor with values in [0, 255]"
+        )
         out = tf.numpy_function(
             corrupt_numpy, [image], tf.float32, stateful=False, name=name
         )

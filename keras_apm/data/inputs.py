@@ -66,16 +66,27 @@ def _split_element(element, image_key, label_key):
     return element, None
 
 
+def float_pixels(image, expected):
+    """A `tf` tensor of integer or float pixels as float32, values kept.
+
+    Any other dtype raises a `ValueError`: "Expected {expected}. Received
+    dtype ...".
+
+    Example:
+    >>> float_pixels(tf.zeros((2, 2, 3), tf.uint8), "pixels in [0, 255]")
+    """
+    if image.dtype.is_integer or image.dtype.is_floating:
+        return tf.cast(image, tf.float32)
+    raise ValueError(f"Expected {expected}. Received dtype {image.dtype.name}.")
+
+
 def _to_float_rgb(image):
     """Integer or float pixels with 1-4 channels -> float32 RGB in [0, 255]."""
     if image.dtype == tf.uint16:
         image = tf.cast(image, tf.float32) * (255.0 / 65535.0)
-    elif image.dtype.is_integer or image.dtype.is_floating:
-        image = tf.cast(image, tf.float32)
     else:
-        raise ValueError(
-            "Expected images as uint8, uint16 or float pixels in [0, 255]. "
-            f"Received dtype {image.dtype.name}."
+        image = float_pixels(
+            image, "images as uint8, uint16 or float pixels in [0, 255]"
         )
     channels = image.shape[-1]
     if channels == 1:

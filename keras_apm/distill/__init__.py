@@ -7,7 +7,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
     """
     checkpoint: DistillCheckpoint save_student_preset
     distiller: APMDistiller
-    recipe: distill
+    recipe_runner: distill
     recipes: DistillRecipe get_recipe
     keras_apm.models.apm.apm_student: default_level_layers load_teacher
     keras_apm.models.apm.apm_student: default_student_config

@@ -16,6 +16,7 @@ import numpy as np
 
 from keras_apm.utils.files import atomic_write
 from keras_apm.utils.files import write_json
+from keras_apm.utils.validation import check_number
 
 LATEST_FILE = "latest.json"
 OPTIMIZER_FILE = "optimizer.npz"
@@ -163,13 +164,8 @@ class DistillCheckpoint(keras.callbacks.Callback):
 
     def __init__(self, directory, every=1, keep=1, run_id=None):
         super().__init__()
-        for name, value in (("every", every), ("keep", keep)):
-            if isinstance(value, bool) or not isinstance(value, int) or (
-                value < 1
-            ):
-                raise ValueError(
-                    f"`{name}` must be a positive int. Received {value!r}."
-                )
+        check_number(every, "`every`", low=1, integer=True)
+        check_number(keep, "`keep`", low=1, integer=True)
         self.directory = os.path.abspath(os.fspath(directory))
         self.every = every
         self.keep = keep

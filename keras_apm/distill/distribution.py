@@ -1,7 +1,8 @@
 """Multi-process data-parallel distillation: process group and data shards.
 
 One call, `initialize`, joins the processes of a run into a group before
-any model is built, on the engine Keras runs on:
+any model is built, on the engine Keras runs on (the engine's part is
+`join_processes` in `keras_apm.backend`'s module for that backend):
 
 - JAX: `keras.distribution.initialize` (`jax.distributed`, CPU collectives
   through gloo) and a `keras.distribution.DataParallel` over the devices of
@@ -36,6 +37,9 @@ import os
 
 import keras
 
+from keras_apm.backend import backend_module
+from keras_apm.utils.validation import check_number
+
 JOB_ADDRESSES_ENV = "KERAS_DISTRIBUTION_JOB_ADDRESSES"
 NUM_PROCESSES_ENV = "KERAS_DISTRIBUTION_NUM_PROCESSES"
 PROCESS_ID_ENV = "KERAS_DISTRIBUTION_PROCESS_ID"
@@ -47,15 +51,10 @@ _GROUP = None
 
 
 def _int_setting(value, name, minimum):
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = None
-    if number is None or isinstance(value, bool) or number < minimum:
-        raise ValueError(
-            f"`{name}` must be an int >= {minimum}. Received {value!r}."
-        )
-    return number
+    # Environment variables hold text: "2" is the int 2.
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    return check_number(value, name, low=minimum, integer=True)
 
 
 def _tf_config_settings():
@@ -122,7 +121,7 @@ def resolve(coordinator=None, num_processes=None, process_id=None):
         # A coordinator alone names the group: one address per process.
         num_processes = len(coordinator.split(",")) if coordinator else 1
     num_processes = _int_setting(
-        num_processes, "num_processes` (--num-processes", 1
+        num_processes, "`num_processes` (--num-processes)", 1
     )
     if num_processes == 1:
         return {"addresses": [], "num_processes": 1, "process_id": 0}
@@ -138,7 +137,7 @@ def resolve(coordinator=None, num_processes=None, process_id=None):
             f"(`process_id`, `--process-id`, {PROCESS_ID_ENV} or "
             f"{TF_CONFIG_ENV}). Received none."
         )
-    process_id = _int_setting(process_id, "process_id` (--process-id", 0)
+    process_id = _int_setting(process_id, "`process_id` (--process-id)", 0)
     if process_id >= num_processes:
         raise ValueError(
             f"`process_id` (--process-id) must be in [0, {num_processes}) for "
@@ -212,39 +211,14 @@ class ProcessGroup:
         if self.num_processes == 1:
             yield
             return
-        if self.strategy is not None:
-            import tensorflow as tf
-
-            tf.distribute.experimental_set_strategy(None)
-            try:
-                yield
-            finally:
-                tf.distribute.experimental_set_strategy(self.strategy)
-            return
-        distribution = keras.distribution.distribution()
-        keras.distribution.set_distribution(None)
-        try:
+        with backend_module().without_distribution(self.strategy):
             yield
-        finally:
-            keras.distribution.set_distribution(distribution)
 
     def barrier(self):
         """Returns when every process has reached it."""
         if self.num_processes == 1:
             return
-        if self.strategy is not None:
-            import tensorflow as tf
-
-            strategy = self.strategy
-            ones = strategy.run(lambda: tf.constant(1.0))
-            # An all-reduce over the workers: each has to contribute.
-            total = strategy.reduce("SUM", ones, axis=None).numpy()
-            if round(float(total)) != strategy.num_replicas_in_sync:
-                raise RuntimeError(f"The barrier counted {total} replicas.")
-            return
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("keras_apm")
+        backend_module().barrier(self.strategy)
 
     @contextlib.contextmanager
     def chief_first(self):
@@ -314,47 +288,6 @@ class ProcessGroup:
         )
 
 
-def _initialize_jax(settings):
-    # jax.distributed takes process 0's address; Keras splits the list.
-    keras.distribution.initialize(
-        job_addresses=",".join(settings["addresses"]),
-        num_processes=settings["num_processes"],
-        process_id=settings["process_id"],
-    )
-    devices = keras.distribution.list_devices()
-    # Each process already feeds only its own batches (`shard`): Keras must
-    # not shard them again.
-    distribution = keras.distribution.DataParallel(
-        devices=devices, auto_shard_dataset=False
-    )
-    keras.distribution.set_distribution(distribution)
-    return None
-
-
-def _initialize_tensorflow(settings):
-    import tensorflow as tf
-
-    addresses = settings["addresses"]
-    if len(addresses) != settings["num_processes"]:
-        raise ValueError(
-            f"TensorFlow workers each listen on their own address: give all "
-            f"{settings['num_processes']} addresses, comma-separated, process "
-            f"0 first (`--coordinator`, {JOB_ADDRESSES_ENV}) or set "
-            f"{TF_CONFIG_ENV}. Received {','.join(addresses)!r}."
-        )
-    os.environ[TF_CONFIG_ENV] = json.dumps(
-        {
-            "cluster": {"worker": addresses},
-            "task": {"type": "worker", "index": settings["process_id"]},
-        }
-    )
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    # Global, like the JAX distribution: models built anywhere after this
-    # (teacher, student, optimizer, restored checkpoints) are mirrored.
-    tf.distribute.experimental_set_strategy(strategy)
-    return strategy
-
-
 def initialize(coordinator=None, num_processes=None, process_id=None):
     """Joins this process to the run's group; call before building models.
 
@@ -396,19 +329,11 @@ def initialize(coordinator=None, num_processes=None, process_id=None):
         return _GROUP
     if settings["num_processes"] == 1:
         return ProcessGroup()
-    backend = keras.backend.backend()
-    if backend == "jax":
-        strategy = _initialize_jax(settings)
-    elif backend == "tensorflow":
-        strategy = _initialize_tensorflow(settings)
-    else:
-        raise ValueError(
-            f"Multi-process distillation runs on the jax and tensorflow "
-            f"backends; Keras has no distribution support for "
-            f"KERAS_BACKEND={backend!r}. Received num_processes="
-            f"{settings['num_processes']}. Run one process, or set "
-            "KERAS_BACKEND=jax or tensorflow."
-        )
+    # The engine's part (the process group, the global distribution or
+    # strategy) lives in `keras_apm.backend`; PyTorch refuses.
+    strategy = backend_module().join_processes(
+        settings["addresses"], settings["num_processes"], settings["process_id"]
+    )
     _GROUP = ProcessGroup(
         settings["num_processes"], settings["process_id"], strategy
     )

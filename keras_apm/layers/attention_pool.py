@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from keras_apm.layers.output_spec import output_spec
 from keras_apm.layers.position_encoding import grid_position_codes
 
 
@@ -126,13 +127,7 @@ class AttentionPoolHead(keras.layers.Layer):
         return self.call_with_weights(self.explicit_weights(), features)
 
     def compute_output_spec(self, features):
-        # Read from the argument itself: Keras' default passes the shapes of
-        # backend tensors only, so NumPy input (as keras-hub's harness and
-        # users pass) would arrive as None.
-        return keras.KerasTensor(
-            self.compute_output_shape(tuple(features.shape)),
-            dtype=self.compute_dtype,
-        )
+        return output_spec(self, features)
 
     def compute_output_shape(self, features_shape):
         return (features_shape[0], features_shape[-1])

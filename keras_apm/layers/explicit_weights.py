@@ -9,7 +9,7 @@ leading axis `B` is *stacked*: image `b` of the activations meets only
 
 from keras import ops
 
-from keras_apm.layers import fused_ops
+from keras_apm.backend import fused_ops
 
 
 def dense_weights(layer):

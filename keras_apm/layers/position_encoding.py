@@ -6,6 +6,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_apm.layers.output_spec import output_spec
+
 
 def grid_locations(grid_shape):
     """Integer `(y, x)` locations of an `(h, w)` grid, row-major.
@@ -125,13 +127,7 @@ class SinCosPositionEncoding2D(keras.layers.Layer):
         return position_codes(locations, self.dim, self.compute_dtype)
 
     def compute_output_spec(self, locations):
-        # Read from the argument itself: Keras' default passes the shapes of
-        # backend tensors only, so NumPy input (as keras-hub's harness and
-        # users pass) would arrive as None.
-        return keras.KerasTensor(
-            self.compute_output_shape(tuple(locations.shape)),
-            dtype=self.compute_dtype,
-        )
+        return output_spec(self, locations)
 
     def compute_output_shape(self, locations_shape):
         return tuple(locations_shape[:-1]) + (self.dim,)

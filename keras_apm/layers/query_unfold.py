@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_apm.layers.output_spec import output_spec
 from keras_apm.layers.position_encoding import check_code_width
 from keras_apm.layers.position_encoding import position_codes
 
@@ -51,15 +52,7 @@ class QueryUnfold(keras.layers.Layer):
         self.built = True
 
     def compute_output_spec(self, trigger, locations):
-        # Read from the argument itself: Keras' default passes the shapes of
-        # backend tensors only, so NumPy input (as keras-hub's harness and
-        # users pass) would arrive as None.
-        return keras.KerasTensor(
-            self.compute_output_shape(
-                tuple(trigger.shape), tuple(locations.shape)
-            ),
-            dtype=self.compute_dtype,
-        )
+        return output_spec(self, trigger, locations)
 
     def compute_output_shape(self, trigger_shape, locations_shape):
         width = None if trigger_shape[-1] is None else (

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_apm.layers.output_spec import output_spec
 from keras_apm.utils.validation import check_image_batch
 
 
@@ -98,13 +99,7 @@ class TriggerColumn(keras.layers.Layer):
         return self.call_with_weights(self.explicit_weights(), images)
 
     def compute_output_spec(self, images):
-        # Read from the argument itself: Keras' default passes the shapes of
-        # backend tensors only, so NumPy input (as keras-hub's harness and
-        # users pass) would arrive as None.
-        return keras.KerasTensor(
-            self.compute_output_shape(tuple(images.shape)),
-            dtype=self.compute_dtype,
-        )
+        return output_spec(self, images)
 
     def compute_output_shape(self, images_shape):
         h = images_shape[1] // self.patch_size

@@ -436,11 +436,6 @@ class Teacher(keras.layers.Layer):
             grid = ops.cast(grid, dtype)
         return grid
 
-    def _channel_constant(self, value):
-        if isinstance(value, float):
-            return ops.convert_to_tensor(value, "float32")
-        return ops.convert_to_tensor(np.reshape(value, (1, 1, 1, 3)), "float32")
-
     def _check_images(self, images):
         if isinstance(images, dict) or not hasattr(images, "shape"):
             if isinstance(images, (list, tuple)):
@@ -600,7 +595,7 @@ class Teacher(keras.layers.Layer):
         if getattr(model, "preprocessor", None) is not None:
             converter = getattr(model.preprocessor, "image_converter", None)
         if converter is None:
-            converter = teacher_utils.load_image_converter(preset)
+            converter = teacher_utils.load_preset_image_converter(preset)
         return teacher_cls(
             model,
             layers=layers,

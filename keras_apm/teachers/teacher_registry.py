@@ -55,17 +55,11 @@ def register_teacher(teacher_cls):
                 f"`{model_cls.__name__}` is already adapted by "
                 f"`{known.__name__}`; cannot register `{teacher_cls.__name__}`"
                 " for it too. Subclass the registered teacher and build it "
-                "directly, or unregister the other one first."
+                "directly."
             )
     for model_cls in model_classes:
         _TEACHERS[model_cls] = teacher_cls
     return teacher_cls
-
-
-def unregister_teacher(teacher_cls):
-    """Removes every keras-hub class `teacher_cls` was registered for."""
-    for model_cls in [m for m, t in _TEACHERS.items() if t is teacher_cls]:
-        del _TEACHERS[model_cls]
 
 
 def teacher_class_for(model_cls):

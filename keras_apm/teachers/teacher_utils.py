@@ -161,11 +161,6 @@ def _preset_utils():
     return keras_hub_compat
 
 
-def preset_has_file(preset, filename):
-    """Whether a preset (local dir or hub handle) holds `filename`."""
-    return _preset_utils().check_file_exists(preset, filename)
-
-
 def _check_preset(preset):
     if not isinstance(preset, str):
         raise ValueError(
@@ -197,8 +192,11 @@ def preset_task_class(preset):
         return None
 
 
-def load_image_converter(preset):
-    """Loads a preset's image converter, or returns `None` if it has none.
+def load_preset_image_converter(preset):
+    """Loads a keras-hub preset's own image converter, or `None` if it has none.
+
+    (The teacher's; an APM student's is
+    `keras_apm.models.apm.load_image_converter`.)
 
     Uses `keras_hub.layers.ImageConverter.from_preset`. That call refuses
     presets whose backbone class has no registered converter subclass (a bare

@@ -5,6 +5,7 @@ import os
 import keras
 import numpy as np
 from keras_apm.models.apm.apm_outputs import GLOBAL
+from keras_apm.utils.validation import check_number
 
 
 def _is_folder(source):
@@ -71,8 +72,7 @@ def ttt_dataset(
     if not labelled:
         ds = ds.map(lambda image: (image, tf.constant(-1, tf.int32)))
     if limit is not None:
-        if isinstance(limit, bool) or int(limit) != limit or limit < 1:
-            raise ValueError(f"`limit` must be a positive int. Received {limit!r}")
+        check_number(limit, "`limit`", low=1, integer=True)
         ds = ds.take(int(limit))
     if corruption is not None:
         ds = ds.map(corruption_map(corruption, severity, seed=seed))

@@ -21,6 +21,7 @@ from keras_apm.distill.losses import patch_rgb_target
 from keras_apm.models.apm.apm_outputs import FEATURES
 from keras_apm.models.apm.apm_outputs import GLOBAL
 from keras_apm.models.apm.apm_outputs import RGB
+from keras_apm.utils.validation import check_number
 
 ENGINES = ("batched", "per_image")
 
@@ -115,20 +116,11 @@ class TestTimeTrainer:
         steps = settings["steps"] if steps is None else steps
         loss = settings["loss"] if loss is None else loss
         init = settings["init"] if init is None else init
-        for name, value, low in (("batch_size", batch_size, 1), ("seed", seed, 0)):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, np.integer))
-                or value < low
-            ):
-                raise ValueError(
-                    f"`{name}` must be an int >= {low}. Received {value!r}"
-                )
+        check_number(batch_size, "`batch_size`", low=1, integer=True)
+        check_number(seed, "`seed`", low=0, integer=True)
         if init not in INITS:
             raise ValueError(f"`init` must be one of {INITS}. Received {init!r}")
         if isinstance(learning_rate, (int, float, np.number)):
-            from keras_apm.utils.hyperparameters import check_number
-
             check_number(learning_rate, "`learning_rate`", low=0, low_open=True)
 
         teacher = load_teacher(teacher)
@@ -231,14 +223,7 @@ class TestTimeTrainer:
             raise ValueError(f"`engine` must be one of {ENGINES}. Received {engine!r}")
         images = _check_raw_images(images)
         batch_size = self.batch_size if batch_size is None else batch_size
-        if (
-            isinstance(batch_size, bool)
-            or not isinstance(batch_size, (int, np.integer))
-            or batch_size < 1
-        ):
-            raise ValueError(
-                f"`batch_size` must be an int >= 1. Received {batch_size!r}"
-            )
+        check_number(batch_size, "`batch_size`", low=1, integer=True)
         batch_size = min(int(batch_size), len(images))
         start = time.perf_counter()
         parts = []

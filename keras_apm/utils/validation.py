@@ -1,11 +1,94 @@
-"""Input checks shared by the layers, the model and the tools.
+"""Input checks shared by the layers, the model, the engines and the CLI.
 
-Every message says what was expected and what was given.
+Every message says what was expected and what was given. Numbers (settings,
+hyper-parameters, flags) go through one checker, `check_number`: the API
+functions check their arguments under their Python names
+(`` `learning_rate` ``), the command line its flags under the flag names
+(`--learning-rate`, `check_flags`), so each error speaks the caller's words.
+Keras is imported on use: the command checks its flags before any heavy
+import.
 """
 
+import math
+import numbers
+
 import numpy as np
-import keras
-from keras import ops
+
+
+def _describe(integer, low, high, low_open, high_open):
+    kind = "an int" if integer else "a finite number"
+    if low is not None and high is not None:
+        return f"{kind} in {'(' if low_open else '['}{low}, {high}" + (
+            ")" if high_open else "]"
+        )
+    if low is not None:
+        return f"{kind} {'>' if low_open else '>='} {low}"
+    if high is not None:
+        return f"{kind} {'<' if high_open else '<='} {high}"
+    return kind
+
+
+def check_number(
+    value, name, low=None, high=None, low_open=False, high_open=False,
+    integer=False, allow_none=False,
+):
+    """Returns `value` if it is a finite number in range; else raises.
+
+    Args:
+        value: the value to check.
+        name: how the caller calls it (`` "`learning_rate`" `` or
+            `"--learning-rate"`).
+        low, high: the bounds (None: unbounded), inclusive unless
+            `low_open` / `high_open`.
+        integer: an int is required (bools are refused).
+        allow_none: None passes (an optional setting left unset).
+
+    Raises:
+        ValueError: "NAME must be a finite number > 0, got nan".
+
+    Example:
+    >>> check_number(1e-3, "`learning_rate`", low=0, low_open=True)
+    0.001
+    >>> check_number(float("nan"), "--learning-rate", low=0, low_open=True)
+    ValueError: --learning-rate must be a finite number > 0, got nan.
+    """
+    if value is None and allow_none:
+        return value
+    ok = isinstance(value, numbers.Real) and not isinstance(
+        value, (bool, np.bool_)
+    )
+    if ok and integer:
+        ok = isinstance(value, numbers.Integral)
+    if ok:
+        ok = math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise ValueError(
+            f"{name} must be "
+            f"{_describe(integer, low, high, low_open, high_open)}, "
+            f"got {value!r}."
+        )
+    return value
+
+
+def check_flags(args, **ranges):
+    """Checks command-line flags (set ones only) with `check_number`.
+
+    Args:
+        args: the `argparse.Namespace`.
+        **ranges: `dest=dict(...)` keyword arguments of `check_number`.
+
+    Example:
+    >>> check_flags(args, epochs=dict(low=1, integer=True),
+    ...             learning_rate=dict(low=0, low_open=True))
+    """
+    for dest, kwargs in ranges.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            check_number(value, "--" + dest.replace("_", "-"), **kwargs)
 
 
 def static_shape(x):
@@ -23,24 +106,18 @@ def static_shape(x):
 def check_positive_int(value, name, allow_none=False):
     """Returns `int(value)`, raising unless it is a positive integer.
 
+    An integral float (`14.0`, as a JSON config may hold) is taken as its
+    int; the check is `check_number`'s.
+
     Example:
     >>> check_positive_int(14, "patch_size")  # 14
     """
-    if value is None and allow_none:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(
-        value, (int, np.integer)
-    ):
-        if not (isinstance(value, (float, np.floating)) and float(value).is_integer()):
-            raise ValueError(
-                f"`{name}` must be a positive integer. Received: "
-                f"{name}={value!r} ({type(value).__name__})"
-            )
-    if value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)
+    value = check_number(
+        value, f"`{name}`", low=1, integer=True, allow_none=allow_none
+    )
+    return None if value is None else int(value)
 
 
 def check_positive_ints(values, name):
@@ -58,6 +135,8 @@ def check_positive_ints(values, name):
 
 def _dtype_name(x):
     """Keras' name for the dtype of `x`, or the raw name if Keras has none."""
+    import keras
+
     dtype = getattr(x, "dtype", None)
     try:
         return keras.backend.standardize_dtype(dtype)
@@ -153,6 +232,8 @@ def check_image_batch(shape_or_images, patch_size=None, image_shape=None):
 
 def check_float_dtype(x, what="images"):
     """Raises if `x` does not have a floating dtype."""
+    import keras
+
     dtype = getattr(x, "dtype", None)
     if dtype is None:
         dtype = np.asarray(x).dtype
@@ -171,6 +252,8 @@ def check_pixel_dtype(x):
     Raw pixel values in [0, 255] may come as uint8 or float; a bool or
     string tensor is a mistake in the pipeline.
     """
+    import keras
+
     dtype = keras.backend.standardize_dtype(x.dtype)
     if not ("float" in dtype or "int" in dtype):
         raise ValueError(
@@ -185,6 +268,8 @@ def check_finite(x, what="images"):
     Inside a traced function (jit, tf.function) the values cannot be read
     back, so the check is skipped there: it guards eager calls.
     """
+    from keras import ops
+
     try:
         values = np.asarray(ops.convert_to_numpy(x), dtype="float32")
     except Exception:  # a tracer or graph tensor: nothing to read.
@@ -206,6 +291,9 @@ def check_locations(locations, grid_shape):
     Lists of numbers are accepted; strings, ragged lists and complex values
     are refused (a cast would silently drop imaginary parts).
     """
+    import keras
+    from keras import ops
+
     if isinstance(locations, (list, tuple)):
         try:
             array = np.asarray(locations)

@@ -7,6 +7,7 @@ only on the trigger column `T` and the location, so evaluating the field at
 
 import numpy as np
 
+from keras_apm.utils.validation import check_number
 from keras_apm.visualize import images as images_lib
 from keras_apm.visualize import islands as islands_lib
 
@@ -33,14 +34,7 @@ def interpolate(model, inputs, num_frames=8, chunk_size="default"):
     out["features"].shape  # (5, h, w, D)
     ```
     """
-    if (
-        isinstance(num_frames, bool)
-        or int(num_frames) != num_frames
-        or num_frames < 2
-    ):
-        raise ValueError(
-            f"`num_frames` must be an integer >= 2 (both ends). Received {num_frames!r}."
-        )
+    check_number(num_frames, "`num_frames` (both ends)", low=2, integer=True)
     x = images_lib.to_numpy(inputs)
     if x.shape[:1] != (2,):
         raise ValueError(

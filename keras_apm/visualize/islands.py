@@ -16,6 +16,8 @@ palette (the `keras-apm[examples]` extra), both imported on use.
 import numpy as np
 
 from keras_apm.utils.optional import require
+from keras_apm.utils.validation import check_number
+from keras_apm.utils.validation import check_positive_int
 
 METHODS = ("pca", "tsne", "kmeans")
 
@@ -106,10 +108,7 @@ def pca_colors(grids, reference=None, percentile=1.0):
     """
     PCA = require("sklearn.decomposition", extra="visualize").PCA
 
-    if not 0.0 <= percentile < 50.0:
-        raise ValueError(
-            f"`percentile` must be in [0, 50). Received {percentile}."
-        )
+    check_number(percentile, "`percentile`", low=0, high=50, high_open=True)
     arrays, was_list = _as_list(grids, "grids")
     refs = arrays if reference is None else _as_list(reference, "reference")[0]
     _check_width(arrays, refs)
@@ -153,15 +152,7 @@ def kmeans_colors(grids, num_clusters=8, reference=None, seed=0):
     """
     KMeans = require("sklearn.cluster", extra="visualize").KMeans
 
-    if (
-        isinstance(num_clusters, bool)
-        or int(num_clusters) != num_clusters
-        or (num_clusters < 1)
-    ):
-        raise ValueError(
-            f"`num_clusters` must be a positive integer. Received {num_clusters!r}."
-        )
-    num_clusters = int(num_clusters)
+    num_clusters = check_positive_int(num_clusters, "num_clusters")
     arrays, was_list = _as_list(grids, "grids")
     refs = arrays if reference is None else _as_list(reference, "reference")[0]
     _check_width(arrays, refs)
@@ -213,11 +204,10 @@ def tsne_colors(grids, seed=0, perplexity=None):
         )
     if perplexity is None:
         perplexity = min(30.0, (len(x) - 1) / 3.0)
-    if not 0 < perplexity < len(x):
-        raise ValueError(
-            f"`perplexity` must be in (0, {len(x)}) for {len(x)} vectors. "
-            f"Received {perplexity}."
-        )
+    check_number(
+        perplexity, f"`perplexity` (for {len(x)} vectors)", low=0,
+        high=len(x), low_open=True, high_open=True,
+    )
     embedding = TSNE(
         n_components=3,
         perplexity=perplexity,

@@ -11,6 +11,8 @@ recipe, on every backend), with the teacher's grids given as cached targets.
 
 import numpy as np
 
+from keras_apm.utils.validation import check_number
+from keras_apm.utils.validation import check_positive_int
 from keras_apm.visualize import images as images_lib
 from keras_apm.visualize import islands as islands_lib
 
@@ -27,14 +29,6 @@ def teacher_grids(teacher, views, grid_shape):
     """
     teacher.check_grid(tuple(grid_shape))
     return images_lib.to_numpy(teacher(np.asarray(views, "float32"))["grid"])
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received {value!r}."
-        )
-    return int(value)
 
 
 def overfit(
@@ -86,12 +80,9 @@ def overfit(
     from keras_apm.distill import APMDistiller
     from keras_apm.models.apm.apm_image_converter import APMImageConverter
 
-    steps = _check_positive_int("steps", steps)
-    every = _check_positive_int("every", every)
-    if not learning_rate > 0:
-        raise ValueError(
-            f"`learning_rate` must be > 0. Received {learning_rate}."
-        )
+    steps = check_positive_int(steps, "steps")
+    every = check_positive_int(every, "every")
+    check_number(learning_rate, "`learning_rate`", low=0, low_open=True)
     if converter is None:
         converter = APMImageConverter(model.image_shape[:2], scaling="unit")
     data = {

@@ -10,16 +10,9 @@ the figure compares with bilinear upsampling of the patch grid.
 import numpy as np
 
 from keras_apm.utils.optional import require
+from keras_apm.utils.validation import check_positive_int
 from keras_apm.visualize import images as images_lib
 from keras_apm.visualize import islands as islands_lib
-
-
-def _check_factor(factor):
-    if isinstance(factor, bool) or int(factor) != factor or factor < 1:
-        raise ValueError(
-            f"`factor` must be a positive integer. Received {factor!r}."
-        )
-    return int(factor)
 
 
 def dense_shape(grid_shape, factor):
@@ -28,7 +21,7 @@ def dense_shape(grid_shape, factor):
     It spans the patch centres `[0, h - 1] x [0, w - 1]` in steps of `1 / r`,
     so every `r`-th point is a patch centre.
     """
-    factor = _check_factor(factor)
+    factor = check_positive_int(factor, "factor")
     return tuple((int(n) - 1) * factor + 1 for n in grid_shape)
 
 

@@ -2,6 +2,7 @@
 
 import os
 
+from keras_apm.utils.validation import check_flags
 from keras_apm.visualize.islands import METHODS
 
 
@@ -52,8 +53,7 @@ def check_common(args):
         raise ValueError(
             f"--output must be a .png file. Received {args.output!r}."
         )
-    if args.clusters < 1:
-        raise ValueError(f"--clusters must be >= 1. Received {args.clusters}.")
+    check_flags(args, clusters=dict(low=1, integer=True))
     return [load_image(spec) for spec in args.image]
 
 
@@ -77,13 +77,11 @@ def gif_path(args):
 
 def load_apm(args):
     """`(model, converter, inputs, views)` for the preset and the images."""
-    from keras_apm import APM
-    from keras_apm.models.apm import load_image_converter
+    from keras_apm.models.apm import load_apm
     from keras_apm.visualize import prepare_images
 
     images = check_common(args)
-    model = APM.from_preset(args.preset)
-    converter = load_image_converter(args.preset, model.image_shape[:2])
+    model, converter = load_apm(args.preset)
     inputs, views = prepare_images(images, model.image_shape, converter)
     return model, converter, inputs, views
 

@@ -49,13 +49,13 @@ def _fresh_apm(args, teacher):
     import keras
 
     from keras_apm import APM
+    from keras_apm.models.apm import load_apm
     from keras_apm.models.apm import load_image_converter
     from keras_apm.models.apm.apm_student import default_student_config
 
     keras.utils.set_random_seed(args.seed)
     if args.preset:
-        model = APM.from_preset(args.preset, load_weights=False)
-        return model, load_image_converter(args.preset, model.image_shape[:2])
+        return load_apm(args.preset, load_weights=False)
     try:
         widths = tuple(int(w) for w in args.trunk_widths.split(","))
     except ValueError:

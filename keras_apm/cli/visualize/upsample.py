@@ -27,11 +27,13 @@ def run(args):
     from keras_apm.visualize import save_figure
     from keras_apm.visualize import upsample_rows
 
-    if args.factor < 1 or args.chunk_size < 1:
-        raise ValueError(
-            f"--factor and --chunk-size must be >= 1. Received {args.factor} "
-            f"and {args.chunk_size}."
-        )
+    from keras_apm.utils.validation import check_flags
+
+    check_flags(
+        args,
+        factor=dict(low=1, integer=True),
+        chunk_size=dict(low=1, integer=True),
+    )
     model, converter, inputs, views = _common.load_apm(args)
     patch = {k: v for k, v in model(inputs).items() if k in (FEATURES, RGB)}
     dense = evaluate_dense(

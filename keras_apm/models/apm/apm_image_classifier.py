@@ -11,6 +11,7 @@ from keras_apm.models.apm.apm_image_classifier_preprocessor import (
 from keras_apm.models.apm.apm_outputs import FEATURES
 from keras_apm.models.apm.apm_outputs import GLOBAL
 from keras_apm.models.apm.apm_preset_saving import save_preset_staged
+from keras_apm.utils.validation import check_number
 
 POOLINGS = ("global", "avg")
 
@@ -87,14 +88,7 @@ class APMImageClassifier(ImageClassifier):
                 "head: pass it, e.g. `ImageClassifier.from_preset(preset, "
                 "num_classes=10)`."
             )
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-            raise ValueError(
-                f"`num_classes` must be a positive int. Received {num_classes!r}."
-            )
-        if num_classes < 1:
-            raise ValueError(
-                f"`num_classes` must be a positive int. Received {num_classes}."
-            )
+        check_number(num_classes, "`num_classes`", low=1, integer=True)
         if pooling is None:
             pooling = "global" if backbone.global_head else "avg"
         if pooling not in POOLINGS:
@@ -108,10 +102,7 @@ class APMImageClassifier(ImageClassifier):
                 "backbone was built with global_head=False. Use "
                 "pooling='avg' (the mean over the feature grid)."
             )
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
-            raise ValueError(f"`dropout` must be a float. Received {dropout!r}.")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1). Received {dropout}.")
+        check_number(dropout, "`dropout`", low=0, high=1, high_open=True)
         head_dtype = head_dtype or backbone.dtype_policy
 
         # === Layers ===

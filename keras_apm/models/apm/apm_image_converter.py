@@ -200,10 +200,10 @@ def load_image_converter(preset=None, image_size=None, scaling="unit"):
 
     Example:
     ```python
-    model = keras_apm.APM.from_preset(preset)
-    converter = load_image_converter(preset, model.image_shape[:2])
+    converter = load_image_converter("apm_tiny_digits", (8, 8))
     outputs = model(converter(raw_uint8_images))
     ```
+    With the model too: `keras_apm.models.apm.load_apm(preset)`.
     """
     from keras_apm.utils.keras_hub_compat import check_file_exists
 

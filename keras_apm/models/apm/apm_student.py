@@ -34,6 +34,7 @@ import numpy as np
 
 from keras_apm.models.apm.apm_backbone import APM
 from keras_apm.teachers import Teacher
+from keras_apm.utils.validation import check_number
 
 SIZINGS = ("distill", "ttt")
 
@@ -280,8 +281,7 @@ def load_teacher(teacher, levels=None, **kwargs):
             f"directory). Received {type(teacher).__name__}."
         )
     if isinstance(levels, (int, np.integer)) and not isinstance(levels, bool):
-        if levels < 1:
-            raise ValueError(f"`levels` must be >= 1. Received {levels}.")
+        check_number(levels, "`levels`", low=1, integer=True)
         levels = None if levels == 1 else int(levels)
     loaded = Teacher.from_preset(os.fspath(teacher), **kwargs)
     if levels is None:

@@ -102,8 +102,8 @@ def distill_digits(output, epochs=None, seed=0, data_dir=None,
     0.9...
     """
     import keras_apm.data.sklearn_digits  # noqa: F401  (registers the builder)
-    from keras_apm.distill.recipe import distill
-    from keras_apm.distill.recipe import load_teacher
+    from keras_apm.distill.recipe_runner import distill
+    from keras_apm.distill.recipe_runner import load_teacher
     from keras_apm.distill.recipes import get_recipe
 
     start = time.perf_counter()
@@ -174,16 +174,14 @@ def summary_figure(output, teacher, history, data_dir=None, num_images=4):
     from matplotlib.figure import Figure
 
     from keras_apm.data import image_dataset
-    from keras_apm.models.apm import APM
-    from keras_apm.models.apm import load_image_converter
+    from keras_apm.models.apm import load_apm
     from keras_apm.visualize.figures import islands_figure
     from keras_apm.visualize.files import figure_to_array
     from keras_apm.visualize.images import to_display
     from keras_apm.visualize.islands import island_colors
 
     student_dir = os.path.join(output, "student")
-    student = APM.from_preset(student_dir)
-    converter = load_image_converter(student_dir)
+    student, converter = load_apm(student_dir)
     kwargs = {} if data_dir is None else {"data_dir": data_dir}
     ds = image_dataset(
         RECIPE.dataset, split="test", batch_size=num_images,

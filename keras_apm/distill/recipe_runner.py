@@ -246,7 +246,7 @@ def _check_settings(arguments):
     """
     from keras_apm.distill.recipes import SCHEDULES
     from keras_apm.teachers import Teacher
-    from keras_apm.utils.hyperparameters import check_number
+    from keras_apm.utils.validation import check_number
 
     def positive_int(name):
         check_number(arguments[name], f"`{name}`", low=1, integer=True)

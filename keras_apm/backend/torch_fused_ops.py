@@ -1,4 +1,4 @@
-"""PyTorch fast paths of `fused_ops` (imported only on the torch backend).
+"""PyTorch fast paths of `keras_apm.backend.fused_ops` (torch backend only).
 
 Why: the torch backend runs each Keras op eagerly, so `x @ kernel + bias`
 then ReLU is three kernels and three fresh `(B, L, width)` buffers (each a
@@ -54,8 +54,6 @@ def _onednn_linear():
 
 
 _LINEAR_POINTWISE = _onednn_linear()
-# With autograd recording: oneDNN forward and backward (`_OneDNNDense`).
-ONEDNN_BACKWARD = True
 
 
 class _OneDNNDense(torch.autograd.Function):
@@ -106,13 +104,13 @@ def dense(x, kernel, bias, activation):
         and x.device.type == "cpu"
         and x.dtype in _ONEDNN_DTYPES
     ):
-        if grad and ONEDNN_BACKWARD:
+        if grad:
+            # oneDNN forward and backward (`_OneDNNDense`).
             return _OneDNNDense.apply(x, kernel, bias, relu)
-        if not grad:
-            # `kernel.t()` is the (out, in) weight `linear` expects (a view).
-            return _LINEAR_POINTWISE(
-                x, kernel.t(), bias, "relu" if relu else "none", [], ""
-            )
+        # `kernel.t()` is the (out, in) weight `linear` expects (a view).
+        return _LINEAR_POINTWISE(
+            x, kernel.t(), bias, "relu" if relu else "none", [], ""
+        )
     y = F.linear(x, kernel.t(), bias)
     if relu:
         y = F.relu(y) if grad else y.relu_()

@@ -5,9 +5,9 @@ and in the broadcast sum of the split first layer. Written with `keras.ops`,
 each of those is a matmul, then a bias add, then an activation: three passes
 over a `(B, L, width)` tensor, three fresh allocations. JAX and TensorFlow
 graphs fuse the two elementwise passes (XLA, Grappler); the PyTorch backend
-runs eagerly and does not. A backend may register a module here (named
-`<backend>_fused_ops`) whose functions return the same numbers faster, or
-`None` to decline a case; the generic `keras.ops` form is used otherwise.
+runs eagerly and does not. A backend module (`keras_apm.backend`) may name
+in `fused_ops` a module of functions that return the same numbers faster,
+or `None` to decline a case; the generic `keras.ops` form is used otherwise.
 
 Only the PyTorch backend has one (`torch_fused_ops`): fused matmul + bias +
 ReLU kernels on the CPU and in-place elementwise ops when autograd is off.
@@ -16,20 +16,22 @@ Example:
 >>> x = fused_ops.dense(queries, layer.kernel, layer.bias, layer.activation)
 """
 
-import importlib
-
 import keras
 from keras import ops
 
-_BACKEND_MODULES = {"torch": "keras_apm.layers.torch_fused_ops"}
+from keras_apm.backend import BACKENDS
+from keras_apm.backend import backend_module
+
 _LOADED = {}
 
 
 def _backend_module():
     backend = keras.backend.backend()
     if backend not in _LOADED:
-        name = _BACKEND_MODULES.get(backend)
-        _LOADED[backend] = None if name is None else importlib.import_module(name)
+        # Other backends (numpy: inference only) use the generic form.
+        _LOADED[backend] = (
+            backend_module().fused_ops if backend in BACKENDS else None
+        )
     return _LOADED[backend]
 
 
