@@ -13,6 +13,10 @@ racing for one destination end with the last one's folder and no leftovers.
 
 `sha256_file`, `write_manifest` and `verify_manifest` give artefacts
 (presets, caches) a checksum manifest that readers verify.
+
+`resolve_inside` is the one gate for paths read from a file on disk (a
+cache manifest, a run's `run.json`, a checksum list): whatever such a file
+says, nothing outside its own directory is read, rewritten or deleted.
 """
 
 import contextlib
@@ -22,6 +26,7 @@ import errno
 import hashlib
 import json
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -166,6 +171,61 @@ def replace_path(staged, path):
         os.rename(backup, path)
         raise
     shutil.rmtree(backup, ignore_errors=True)
+
+
+def resolve_inside(directory, entry, *, source):
+    """The path `entry` names inside `directory`, resolved; refuses any other.
+
+    Paths read from a file on disk (a cache manifest's shard list, a run's
+    outputs, a checksum list) decide what gets read, rewritten or deleted,
+    so a crafted or damaged file must not reach outside its directory. The
+    entry must be a non-empty relative path whose resolved form (symbolic
+    links followed, `..` applied) lies strictly inside the resolved
+    `directory`: `../x`, `/etc/x`, a link leading out, or the directory
+    itself are refused.
+
+    Args:
+        directory: the folder the entry must stay in.
+        entry: the path as read from the file (a `str`).
+        source: what the entry was read from, for the error message, e.g.
+            `"the cache manifest 'cache/manifest.json', shards[3].file"`.
+
+    Returns:
+        The resolved `pathlib.Path`, strictly inside `directory`.
+
+    Raises:
+        ValueError: naming `source`, the entry and why it is refused.
+
+    Example:
+    >>> resolve_inside("cache", "shard_00000.bin", source="cache/manifest.json")
+    PosixPath('/home/me/cache/shard_00000.bin')
+    """
+    root = pathlib.Path(os.fspath(directory)).resolve()
+    if not isinstance(entry, str):
+        why = f"is a {type(entry).__name__}, not a path"
+    elif not entry or "\0" in entry:
+        why = "is empty or holds a NUL byte"
+    elif os.path.isabs(entry):
+        why = "is an absolute path"
+    else:
+        try:
+            path = (root / entry).resolve()
+        except (OSError, RuntimeError) as e:  # a symbolic-link loop
+            path, why = None, f"cannot be resolved ({e})"
+        if path is not None and root in path.parents:
+            return path
+        if path == root:
+            why = "names the directory itself"
+        elif path is not None:
+            parts = pathlib.PurePath(entry).parts
+            through = "'..'" if ".." in parts else "a symbolic link"
+            why = f"leads out of it through {through} (to {str(path)!r})"
+    raise ValueError(
+        f"{source} names {entry!r}, which {why}. Entries must be relative "
+        f"paths inside {str(root)!r}: nothing outside it is read, written or "
+        "deleted because of what a file says. The file was edited or "
+        "crafted: restore or rebuild it."
+    )
 
 
 def check_writable_dir(directory, what=None):
@@ -332,7 +392,7 @@ def verify_manifest(directory, names=None, manifest=MANIFEST_FILE):
     for name, expected in sorted(sums.items()):
         if names is not None and name not in names:
             continue
-        file = os.path.join(directory, name)
+        file = str(resolve_inside(directory, name, source=repr(path)))
         if not os.path.isfile(file):
             raise ValueError(
                 f"File {file!r} is listed in {path!r} but missing. Re-save "
