@@ -9,9 +9,10 @@ runs). Then, repeats interleaved, for 1 and 2 reader threads:
 
 - `"reader": "readinto"`: the raw-read baseline. The same bytes as the
   same batches (per batch, each key's run of records), read with plain
-  positioned `readinto` calls (`os.preadv`) into preallocated buffers by
-  1 or 2 Python threads (the copy runs without the GIL): what the page
-  cache can deliver to Python, with nothing else done.
+  positioned `readinto` calls (`os.preadv`) into buffers allocated and
+  touched once, by 1 or 2 Python threads (the copy runs without the GIL;
+  thread `i` takes every `threads`-th batch): what the page cache can
+  deliver to Python, with nothing else done.
 - `"reader": "load_feature_cache"`: one epoch of a freshly built
   `load_feature_cache(dir, batch_size, num_parallel_reads=threads, ...)`
   iterated by a consumer that counts the batches:
@@ -46,7 +47,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -156,33 +156,43 @@ def readinto_jobs(directory, manifest, batch_size):
     return jobs
 
 
-def readinto_epoch(jobs, threads, batch_size, manifest, np):
-    """The same bytes as the same batches, read with positioned `readinto`
-    (`os.preadv`) into buffers allocated once per thread."""
+def readinto_buffers(manifest, batch_size, count, np):
+    """One set of batch buffers per thread, allocated and touched once."""
     from keras_apm.data.feature_cache.manifest import record_bytes
 
-    sizes = {k: batch_size * record_bytes(manifest, k) for k in manifest["keys"]}
-    local = threading.local()
+    return [
+        {
+            key: memoryview(np.ones(batch_size * record_bytes(manifest, key), np.uint8))
+            for key in manifest["keys"]
+        }
+        for _ in range(count)
+    ]
 
-    def read(job):
-        path, runs, count = job
-        if not hasattr(local, "buffers"):  # Preallocated, once per thread.
-            local.buffers = {k: memoryview(np.empty(n, np.uint8)) for k, n in sizes.items()}
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            for key, offset, size in runs:
-                view = local.buffers[key][:size]
-                done = 0
-                while done < size:
-                    done += os.preadv(fd, [view[done:]], offset + done)
-        finally:
-            os.close(fd)
+
+def readinto_epoch(jobs, threads, buffers):
+    """The same bytes as the same batches, read with positioned `readinto`
+    (`os.preadv`) into preallocated buffers; thread `i` takes every
+    `threads`-th batch (as a parallel map hands them out)."""
+
+    def read(part):
+        count = 0
+        for path, runs, n in jobs[part::threads]:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                for key, offset, size in runs:
+                    view = buffers[part][key][:size]
+                    done = 0
+                    while done < size:
+                        done += os.preadv(fd, [view[done:]], offset + done)
+            finally:
+                os.close(fd)
+            count += n
         return count
 
     if threads == 1:
-        return sum(read(job) for job in jobs)
+        return read(0)
     with ThreadPoolExecutor(threads) as pool:
-        return sum(pool.map(read, jobs))
+        return sum(pool.map(read, range(threads)))
 
 
 def first_batch_bytes(jobs, np):
@@ -226,6 +236,7 @@ def time_epochs(tmp, manifest, args, np):
     from keras_apm.data.feature_cache import checksums
 
     jobs = readinto_jobs(tmp, manifest, args.batch_size)
+    buffers = readinto_buffers(manifest, args.batch_size, max(args.threads), np)
     # Both readers deliver the same bytes (checked on the first batch).
     first = next(iter(load_feature_cache(tmp, batch_size=args.batch_size, dtype=None)))
     for key, raw in first_batch_bytes(jobs, np).items():
@@ -238,7 +249,7 @@ def time_epochs(tmp, manifest, args, np):
             for reader, dtype, verify in VARIANTS:
                 started = time.perf_counter()
                 if reader == "readinto":
-                    count = readinto_epoch(jobs, threads, args.batch_size, manifest, np)
+                    count = readinto_epoch(jobs, threads, buffers)
                 else:
                     count = reader_epoch(
                         load_feature_cache, checksums, tmp, args, threads, dtype, verify

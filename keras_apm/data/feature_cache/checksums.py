@@ -85,10 +85,26 @@ def _lock(path):
         return _locks.setdefault(path, threading.Lock())
 
 
-def shard_problem(path, entry, checksum=True):
+# What `shard_problem(..., blocking=False)` returns while another thread
+# is hashing the same file.
+BUSY = "is being checked by another thread"
+
+
+def _size_problem(size, entry):
+    if size != entry["bytes"]:
+        return (
+            f"has {size} bytes; the manifest says {entry['bytes']} "
+            "(truncated or replaced)"
+        )
+    return None
+
+
+def shard_problem(path, entry, checksum=True, blocking=True):
     """Why the shard file at `path` does not match its manifest entry (a
     sentence: "is missing", "has N bytes; ...", "does not match ..."), or
-    None. `checksum=False` checks the size only (a stat)."""
+    None. `checksum=False` checks the size only (a stat). One thread hashes
+    a file at a time; with `blocking=False` another gets `BUSY` at once
+    instead of waiting."""
     try:
         info = os.stat(path)
     except FileNotFoundError:
@@ -97,36 +113,40 @@ def shard_problem(path, entry, checksum=True):
         return f"cannot be read ({e.strerror})"
     if not stat.S_ISREG(info.st_mode):
         return "is not a regular file"
-    if info.st_size != entry["bytes"]:
-        return (
-            f"has {info.st_size} bytes; the manifest says {entry['bytes']} "
-            "(truncated or replaced)"
-        )
-    if not checksum:
-        return None
+    if not checksum or _size_problem(info.st_size, entry):
+        return _size_problem(info.st_size, entry)
+    lock = _lock(path)
+    if not lock.acquire(blocking):
+        return BUSY
+    try:
+        return _check_checksum(path, entry)
+    finally:
+        lock.release()
+
+
+def _check_checksum(path, entry):
     field, expected = entry_checksum(entry)
-    with _lock(path):  # One thread hashes; the others wait for its answer.
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as e:
-            return f"cannot be read ({e.strerror})"
-        try:
-            info = os.fstat(fd)
-            key = (path, info.st_dev, info.st_ino, info.st_size,
-                   info.st_mtime_ns, info.st_ctime_ns, expected)  # fmt: skip
-            if key in _verified:
-                return None
-            if info.st_size != entry["bytes"]:
-                return f"has {info.st_size} bytes; the manifest says {entry['bytes']}"
-            if _digest(fd, info.st_size, field) != expected:
-                return (
-                    f"does not match its {field} checksum in the manifest "
-                    "(corrupt: its bytes changed after it was written)"
-                )
-            _verified.add(key)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    try:
+        info = os.fstat(fd)
+        key = (path, info.st_dev, info.st_ino, info.st_size,
+               info.st_mtime_ns, info.st_ctime_ns, expected)  # fmt: skip
+        if key in _verified:
             return None
-        finally:
-            os.close(fd)
+        problem = _size_problem(info.st_size, entry)
+        if problem is None and _digest(fd, info.st_size, field) != expected:
+            problem = (
+                f"does not match its {field} checksum in the manifest "
+                "(corrupt: its bytes changed after it was written)"
+            )
+        if problem is None:
+            _verified.add(key)
+        return problem
+    finally:
+        os.close(fd)
 
 
 def shard_problems(shards, checksum=True):

@@ -95,8 +95,7 @@ class _BatchReader:
             for k in self.keys
         }
         runs = self.runs(indices)
-        for shard in {shard for shard, _, _ in runs} - self.verified:
-            self.verify(shard)  # Before any byte of it is used.
+        self.verify({shard for shard, _, _ in runs} - self.verified)
         files = {}
         try:
             for shard, a, b in runs:
@@ -112,15 +111,43 @@ class _BatchReader:
                 os.close(fd)
         return [out[k][0] for k in self.keys]
 
-    def verify(self, shard):
-        problem = checksums.shard_problem(self.paths[shard], self.entries[shard])
-        if problem:
+    def verify(self, shards):
+        """Checks `shards` before any byte of them is used.
+
+        Shards no other thread is hashing are hashed here at once; while
+        another thread hashes one this batch needs, this thread checks the
+        next unchecked shard instead of idling (sequential reading then
+        hashes ahead in parallel), then waits for the answer.
+        """
+        waiting = [s for s in sorted(shards) if not self.check(s, blocking=False)]
+        if waiting:
+            ahead = next(
+                (s for s in range(max(waiting) + 1, len(self.paths))
+                 if s not in self.verified),
+                None,
+            )  # fmt: skip
+            if ahead is not None:
+                self.check(ahead, blocking=False, raise_problem=False)
+        for shard in waiting:
+            self.check(shard, blocking=True)
+
+    def check(self, shard, blocking, raise_problem=True):
+        """True once `shard` is verified; False while another thread is
+        hashing it (`blocking=False`); a ValueError if it is damaged."""
+        problem = checksums.shard_problem(
+            self.paths[shard], self.entries[shard], blocking=blocking
+        )
+        if problem is checksums.BUSY:
+            return False
+        if problem and raise_problem:
             raise ValueError(
                 f"The cache shard {self.paths[shard]!r} {problem} (checked "
                 f"against {self.manifest_path!r} before its first use; "
                 f"nothing from it was read). {_REPAIR}"
             )
-        self.verified.add(shard)
+        if not problem:
+            self.verified.add(shard)
+        return True
 
     def read(self, fd, view, offset, shard):
         done = 0
