@@ -290,14 +290,12 @@ def load_feature_cache(
 ):
     """Reads a complete feature cache as a `tf.data.Dataset` of dicts.
 
-    Elements are dicts with `"images"` (float32, `[0, 255]`), `"grid"`,
-    `"global"`, `"levels"` (if cached) and `"labels"` (int64, -1 when the
-    dataset had none): what `APMDistiller` trains on without a teacher.
-    Batches are read in `num_parallel_reads` threads, in order, straight
-    from the files into tensors; examples inside a shuffled batch come in
-    file order (a batch is a random set). Every shard to be read is
-    stat-checked here; by default each is also checked against its
-    checksum before its first batch is read in this process.
+    Elements are dicts with `"images"` (float32, `[0, 255]`), the cached
+    targets (`"grid"`, `"global"`, `"levels"` if cached) and `"labels"`
+    (int64, -1 when the dataset had none): what `APMDistiller` trains on
+    without a teacher. Batches are read in threads, in order, straight
+    from the files into tensors (examples inside a shuffled batch come in
+    file order). Every shard to be read is stat-checked here.
 
     Args:
         directory: a cache written by `cache_teacher_features`.

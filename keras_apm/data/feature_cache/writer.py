@@ -137,7 +137,11 @@ def clean_directory(directory, manifest):
             remove_path(os.path.join(directory, name))
 
 
-def _check_arguments(teacher, image_dtype, target_dtype):
+def _check_arguments(
+    teacher, shard_size, batch_size, image_dtype, target_dtype, max_shards,
+    verbose,
+):  # fmt: skip
+    """The checked arguments of `cache_teacher_features`, as options."""
     from keras_apm.teachers import Teacher
 
     if not isinstance(teacher, Teacher):
@@ -153,6 +157,14 @@ def _check_arguments(teacher, image_dtype, target_dtype):
             raise ValueError(
                 f"`{name}` must be one of {allowed}. Received {value!r}."
             )
+    return {
+        "shard_size": check_positive_int(shard_size, "shard_size"),
+        "batch_size": check_positive_int(batch_size, "batch_size"),
+        "max_shards": check_positive_int(max_shards, "max_shards", allow_none=True),
+        "image_dtype": image_dtype,
+        "target_dtype": target_dtype,
+        "verbose": verbose,
+    }
 
 
 def _open_manifest(directory, teacher, settings):
@@ -350,23 +362,19 @@ def cache_teacher_features(
 ):
     """Runs a teacher once over a dataset and writes its targets to disk.
 
-    Each shard holds `shard_size` consecutive examples (the last may hold
-    fewer): the images, the teacher's `grid`, `global`, `levels` (if the
-    teacher has `layers`) and the labels (-1 without). Calling it again on
-    the same directory, teacher and dataset checks every written shard
-    against its checksum, rewrites any that is missing or damaged (with a
-    warning naming it) and continues an interrupted run, or does nothing
-    more if the cache is complete. The dataset must yield the same examples
-    in the same order each time (no shuffling). One writer per directory.
+    Each shard holds `shard_size` consecutive examples: the images, the
+    teacher's `CACHED_TARGETS` and the labels (-1 without). Calling it
+    again (same directory, teacher and dataset: deterministic, no shuffle)
+    checks every written shard against its checksum, rewrites any missing
+    or damaged one (warning with its name) and continues an interrupted
+    run, or does nothing more. One writer per directory at a time.
 
     Args:
         teacher: a `keras_apm.teachers.Teacher`.
-        dataset: a `tf.data.Dataset` of float RGB images in `[0, 255]`
-            (batched or not), of `(image, label)` tuples, or of
-            `keras_apm.data.model_inputs(raw, student_size,
-            teacher_image_size=teacher.image_size, with_labels=True)`
+        dataset: a `tf.data.Dataset` of float RGB images in `[0, 255]` at
+            the student's size (batched or not), of `(image, label)`, or
+            `keras_apm.data.model_inputs(..., teacher_image_size=...)`
             dicts (the teacher then sees the original at its own size).
-            The stored images are the student's: give them its size.
         directory: the cache directory (created if needed).
         shard_size: int, examples per shard file.
         batch_size: int, examples per teacher call.
@@ -394,15 +402,10 @@ def cache_teacher_features(
     keras_apm.data.cache_teacher_features(teacher, ds, "cache/digits")
     ```
     """
-    _check_arguments(teacher, image_dtype, target_dtype)
-    options = {
-        "shard_size": check_positive_int(shard_size, "shard_size"),
-        "batch_size": check_positive_int(batch_size, "batch_size"),
-        "max_shards": check_positive_int(max_shards, "max_shards", allow_none=True),
-        "image_dtype": image_dtype,
-        "target_dtype": target_dtype,
-        "verbose": verbose,
-    }
+    options = _check_arguments(
+        teacher, shard_size, batch_size, image_dtype, target_dtype, max_shards,
+        verbose,
+    )  # fmt: skip
     directory = os.path.abspath(os.fspath(directory))
     elements, has_labels, has_teacher = sources.image_elements(dataset)
     settings, teacher_shape = _settings(
