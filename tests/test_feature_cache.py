@@ -627,3 +627,25 @@ def test_full_tmpfs_is_named(teacher, digits, reference, tmp_path):
         _check_full_disk_error(info, directory)
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_missing_xxhash_names_the_data_extra(monkeypatch):
+    import importlib
+    import importlib.abc
+
+    from keras_apm.utils.optional import MissingDependencyError
+
+    class Refuse(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] == "xxhash":
+                raise ModuleNotFoundError(name, name=name)
+
+    for name in list(sys.modules):
+        if name.split(".")[0] == "xxhash" or name.startswith(
+            "keras_apm.data.feature_cache"
+        ):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [Refuse()] + sys.meta_path)
+    with pytest.raises(MissingDependencyError) as info:
+        importlib.import_module("keras_apm.data.feature_cache")
+    assert "keras-apm[data]" in str(info.value) and "xxhash" in str(info.value)
