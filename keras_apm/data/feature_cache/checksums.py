@@ -3,11 +3,13 @@
 A shard's checksum is xxh3-128 (`xxhash`): not cryptographic (the manifest
 beside the shards would not stop a forger anyway) but it catches bit flips
 and zeroed or swapped files, and it is fast: hashed straight out of a
-memory map of the file it runs at about 30 GB/s per core from the page
-cache, where SHA-256 manages about 1.8 GB/s and reading the same bytes
-into a buffer 2-9 GB/s. So checking every shard before its first use costs
-a few percent of a first epoch (`benchmarks/pipeline.py`). Caches written
-before carry SHA-256 and are checked with it.
+memory map of the file (no copy) it ran at 8 GB/s per core from the page
+cache on the busy 2-core development machine (~30 GB/s idle), where
+SHA-256 manages ~1.8 GB/s and copying the bytes into a buffer ~2 GB/s.
+Checking each shard once per process leaves a first epoch 68-80% of the
+unchecked reader's speed there and later epochs all of it (docs/data.md,
+`benchmarks/pipeline.py`). Caches written before carry SHA-256 and are
+checked with it.
 
 A check that passed is remembered for the process (keyed by the file's
 device, inode, size and modification times), so the writer's check and the

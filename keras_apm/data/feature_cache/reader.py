@@ -315,7 +315,8 @@ def load_feature_cache(
         num_parallel_reads: batches read at once (default: CPUs, at most 4).
         verify: `"checksum"` (default): each shard's bytes are checked
             against the manifest's checksum before the first batch from it
-            (xxh3-128, a few percent of a first epoch; see docs/data.md).
+            is read, once per process (xxh3-128: one more read of each
+            shard in the first epoch; its cost is in docs/data.md).
             `"size"`: a stat only, for a cache already checked elsewhere.
 
     Returns:
