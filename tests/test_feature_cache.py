@@ -1,8 +1,11 @@
 """The teacher-feature cache: shards on disk, resumable, tied to its teacher."""
 
+import errno
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import keras
 import keras_hub
@@ -13,9 +16,9 @@ from sklearn.datasets import load_digits
 
 from keras_apm.data import cache_teacher_features
 from keras_apm.data import load_feature_cache
-from keras_apm.data import feature_cache
 from keras_apm.data.feature_cache import read_manifest
 from keras_apm.teachers import Teacher
+from keras_apm.utils.files import write_json
 
 NUM_IMAGES = 70  # 3 shards of 32: the last one is short.
 SHARD = 32
@@ -110,7 +113,7 @@ def test_round_trip(teacher, digits, reference):
         "shard_00002.bin",
     ]
     assert [e["num_examples"] for e in manifest["shards"]] == [32, 32, 6]
-    assert all(len(e["sha256"]) == 64 for e in manifest["shards"])
+    assert all(len(e["xxh3_128"]) == 32 for e in manifest["shards"])
     for entry in manifest["shards"]:
         assert os.path.getsize(directory / entry["file"]) == entry["bytes"]
     # A finished cache is left alone: a second call writes nothing.
@@ -325,7 +328,7 @@ def test_resume_after_a_kill_at_each_step(teacher, digits, reference, tmp_path):
     # Killed after renaming shard 1 but before listing it in the manifest:
     # its checksum is not on record, so it is rewritten, not trusted.
     (directory / "shard_00001.bin").write_bytes(b"unlisted")
-    feature_cache.write_json(
+    write_json(
         directory / "manifest.json", dict(manifest, shards=manifest["shards"][:1])
     )
     manifest = write(teacher, labelled(digits), directory)
@@ -338,35 +341,31 @@ def test_corrupt_shards_are_named(teacher, digits, reference, tmp_path):
     directory = tmp_path / "cache"
     shutil.copytree(reference[0], directory)
     path = directory / "shard_00001.bin"
-    data = bytearray(path.read_bytes())
-    # A flipped byte keeps the size: the stat check passes, the checksum
-    # check names the shard before any batch is read.
-    data[100] ^= 0xFF
-    path.write_bytes(bytes(data))
-    load_feature_cache(directory)
-    with pytest.raises(ValueError, match="shard_00001.bin' does not match its SHA-256"):
-        load_feature_cache(directory, verify="checksum")
-    # A complete cache is only stat-checked when reopened for writing:
-    # deleting the named shard and writing again repairs it.
+    # Missing: named at load time, before any batch.
     os.remove(path)
-    with pytest.raises(ValueError, match="shard_00001.bin' is missing.*Delete"):
+    with pytest.raises(ValueError, match="shard_00001.bin' is missing.*again"):
         load_feature_cache(directory)
-    assert write(teacher, labelled(digits), directory)["complete"]
+    with pytest.warns(UserWarning, match="shard_00001.bin' is missing: rewrit"):
+        assert write(teacher, labelled(digits), directory)["complete"]
     assert_same_shards(directory, reference[0])
-    load_feature_cache(directory, verify="checksum")
     # Truncated: named at load time by its size.
     with open(path, "r+b") as f:
         f.truncate(1000)
     with pytest.raises(ValueError, match="shard_00001.bin' has 1000 bytes"):
         load_feature_cache(directory, batch_size=8)
-    # Truncated after the checks, mid-epoch: the error names the shard.
-    shutil.copy(reference[0] / "shard_00001.bin", path)
-    ds = load_feature_cache(directory, batch_size=8)
-    with open(path, "r+b") as f:
-        f.truncate(1000)
-    with pytest.raises(Exception, match="shard_00001.bin' ended at byte"):
-        for _ in ds:
-            pass
+    # Truncated after the checks, mid-epoch: the error names the shard,
+    # whether the first-use check (default) or the read itself finds it.
+    for verify, match in [
+        ("checksum", "shard_00001.bin' has 1000 bytes"),
+        ("size", "shard_00001.bin' ended at byte"),
+    ]:
+        shutil.copy(reference[0] / "shard_00001.bin", path)
+        ds = load_feature_cache(directory, batch_size=8, verify=verify)
+        with open(path, "r+b") as f:
+            f.truncate(1000)
+        with pytest.raises(Exception, match=match):
+            for _ in ds:
+                pass
     # While a cache is being continued every written shard is re-hashed; a
     # corrupt one is rewritten with a warning naming it.
     partial = tmp_path / "partial"
@@ -435,3 +434,218 @@ def test_teacher_sees_the_original_at_its_own_size(teacher, digits, tmp_path):
     student_only = inputs.map(lambda x, y: ({"images": x["images"]}, y))
     with pytest.raises(ValueError, match="teacher_image_shape"):
         write(teacher, student_only, tmp_path / "cache")
+
+
+# --- trust: nothing outside the cache, nothing damaged used ------------------
+
+
+def _victims(tmp_path):
+    """A folder and a file outside the cache that must survive."""
+    outside = tmp_path / "outside"
+    (outside / "victim_dir").mkdir(parents=True)
+    (outside / "victim_dir" / "keep.txt").write_text("precious")
+    (outside / "victim.bin").write_bytes(b"precious")
+    return outside
+
+
+def _crafted(reference, tmp_path, name, file):
+    """A copy of the reference cache whose manifest lists `file` as shard 1."""
+    directory = tmp_path / name
+    shutil.copytree(reference[0], directory)
+    manifest = read_manifest(directory)
+    manifest["shards"][1]["file"] = file
+    write_json(directory / "manifest.json", manifest)
+    return directory
+
+
+def test_crafted_manifest_cannot_touch_or_read_outside(
+    teacher, digits, reference, tmp_path
+):
+    outside = _victims(tmp_path)
+    crafted = {
+        "dotdot_dir": "../outside/victim_dir",
+        "dotdot_file": "../outside/victim.bin",
+        "absolute": str(outside / "victim.bin"),
+        "deep": "../../../../../../" + str(outside / "victim_dir"),
+    }
+    for name, file in crafted.items():
+        directory = _crafted(reference, tmp_path, name, file)
+        for call in (
+            lambda: write(teacher, labelled(digits), directory),
+            lambda: load_feature_cache(directory),
+        ):
+            with pytest.raises(ValueError) as info:
+                call()
+            message = str(info.value)
+            assert str(directory / "manifest.json") in message, message
+            assert "shards[1].file" in message and repr(file) in message
+        assert (outside / "victim_dir" / "keep.txt").read_text() == "precious"
+        assert (outside / "victim.bin").read_bytes() == b"precious"
+    # A shard replaced by a symbolic link leading out, to a file with the
+    # very bytes the manifest expects: refused all the same.
+    directory = tmp_path / "link"
+    shutil.copytree(reference[0], directory)
+    stolen = outside / "shard_copy.bin"
+    shutil.move(directory / "shard_00001.bin", stolen)
+    os.symlink(stolen, directory / "shard_00001.bin")
+    for call in (
+        lambda: write(teacher, labelled(digits), directory),
+        lambda: load_feature_cache(directory),
+    ):
+        with pytest.raises(ValueError, match="through a symbolic link"):
+            call()
+    assert stolen.read_bytes() == (reference[0] / "shard_00001.bin").read_bytes()
+
+
+def test_resolve_inside(tmp_path):
+    from keras_apm.utils.files import resolve_inside
+
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    os.symlink(tmp_path, root / "out")
+    os.symlink(root / "sub", root / "in")
+    inside = resolve_inside(root, "sub/a.bin", source="'m.json'")
+    assert inside == root.resolve() / "sub" / "a.bin"
+    assert resolve_inside(root, "in/a", source="x") == root.resolve() / "sub" / "a"
+    for entry, why in [
+        ("../a", "through '..'"),
+        ("sub/../../a", "through '..'"),
+        ("/etc/passwd", "absolute path"),
+        ("out/a", "through a symbolic link"),
+        ("sub/..", "directory itself"),
+        ("", "empty"),
+        (None, "not a path"),
+        (["a"], "not a path"),
+    ]:
+        with pytest.raises(ValueError, match=f"^'m.json' names .*{why}"):
+            resolve_inside(root, entry, source="'m.json'")
+
+
+def test_damaged_shards_are_caught_before_first_use_and_repaired(
+    teacher, digits, reference, tmp_path
+):
+    directory = tmp_path / "cache"
+    shutil.copytree(reference[0], directory)
+    flipped = directory / "shard_00001.bin"
+    data = bytearray(flipped.read_bytes())
+    for position in (100, len(data) // 2, len(data) - 5000):  # same size
+        data[position] ^= 0x10
+    flipped.write_bytes(bytes(data))
+    zeros = directory / "shard_00002.bin"
+    zeros.write_bytes(bytes(zeros.stat().st_size))
+    # By default: the batches of the sound shard 0 come, then the first one
+    # that needs shard 1 fails naming it, before any of its bytes are used.
+    labels = []
+    with pytest.raises(Exception, match="shard_00001.bin' does not match its xxh3"):
+        for batch in load_feature_cache(directory, batch_size=8):
+            labels.extend(batch["labels"].numpy().tolist())
+    assert labels == digits[1][:SHARD].tolist()
+    ds = load_feature_cache(directory, batch_size=8, shuffle=True, seed=0)
+    with pytest.raises(Exception, match="shard_0000[12].bin' does not match"):
+        next(iter(ds))
+    # Writing again finds both, rewrites them and completes the cache.
+    with pytest.warns(UserWarning) as caught:
+        manifest = write(teacher, labelled(digits), directory)
+    named = sorted(
+        os.path.basename(str(w.message).split("'")[1])
+        for w in caught
+        if str(w.message).startswith("Shard '")
+    )
+    assert named == ["shard_00001.bin", "shard_00002.bin"]
+    assert manifest["complete"]
+    assert_same_shards(directory, reference[0])
+    whole = as_arrays(load_feature_cache(directory))
+    np.testing.assert_array_equal(whole["labels"], digits[1])
+
+
+def _fill_disk_on_second_shard(monkeypatch):
+    from keras_apm.data.feature_cache import writer
+
+    original = writer.write_columns
+
+    def write_columns(path, columns, hasher):
+        if os.path.basename(path).startswith(".tmp-shard_00001"):
+            with open(path, "wb") as f:
+                f.write(b"half a shard")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(path, columns, hasher)
+
+    monkeypatch.setattr(writer, "write_columns", write_columns)
+
+
+def _check_full_disk_error(info, directory):
+    assert info.value.errno == errno.ENOSPC
+    message = str(info.value)
+    assert f"Out of disk space writing the feature cache {str(directory)!r}" in message
+    assert "shard_00001.bin" in message and "run `cache_teacher_features`" in message
+    # Nothing half-written is left; the manifest lists the finished shard.
+    assert sorted(os.listdir(directory)) == ["manifest.json", "shard_00000.bin"]
+    assert [e["file"] for e in read_manifest(directory)["shards"]] == [
+        "shard_00000.bin"
+    ]
+
+
+# The writer's staging is backend-independent: the full-disk tests run once.
+one_backend = pytest.mark.skipif(
+    keras.backend.backend() != "jax",
+    reason="the cache writer's staging is backend-independent: run it once",
+)
+
+
+@one_backend
+def test_full_disk_is_named(teacher, digits, reference, tmp_path, monkeypatch):
+    directory = tmp_path / "cache"
+    with monkeypatch.context() as patch:
+        _fill_disk_on_second_shard(patch)
+        with pytest.raises(OSError) as info:
+            write(teacher, labelled(digits), directory)
+    _check_full_disk_error(info, directory)
+    # With space again, the same call finishes the cache.
+    assert write(teacher, labelled(digits), directory)["complete"]
+    assert_same_shards(directory, reference[0])
+
+
+@one_backend
+def test_full_tmpfs_is_named(teacher, digits, reference, tmp_path):
+    """A real full disk: a tmpfs with room for one shard (needs root)."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root on Linux")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    size = (reference[0] / "shard_00000.bin").stat().st_size
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size + 64 * 1024}", "tmpfs",
+         str(mount)],
+        capture_output=True,
+    )  # fmt: skip
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr[-200:]!r}")
+    try:
+        directory = mount / "cache"
+        with pytest.raises(OSError) as info:
+            write(teacher, labelled(digits), directory)
+        _check_full_disk_error(info, directory)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_missing_xxhash_names_the_data_extra(monkeypatch):
+    import importlib
+    import importlib.abc
+
+    from keras_apm.utils.optional import MissingDependencyError
+
+    class Refuse(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] == "xxhash":
+                raise ModuleNotFoundError(name, name=name)
+
+    for name in list(sys.modules):
+        if name.split(".")[0] == "xxhash" or name.startswith(
+            "keras_apm.data.feature_cache"
+        ):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [Refuse()] + sys.meta_path)
+    with pytest.raises(MissingDependencyError) as info:
+        importlib.import_module("keras_apm.data.feature_cache")
+    assert "keras-apm[data]" in str(info.value) and "xxhash" in str(info.value)

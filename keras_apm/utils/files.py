@@ -392,7 +392,7 @@ def verify_manifest(directory, names=None, manifest=MANIFEST_FILE):
     for name, expected in sorted(sums.items()):
         if names is not None and name not in names:
             continue
-        file = os.path.join(directory, name)
+        file = str(resolve_inside(directory, name, source=repr(path)))
         if not os.path.isfile(file):
             raise ValueError(
                 f"File {file!r} is listed in {path!r} but missing. Re-save "
