@@ -25,7 +25,7 @@ Example:
 
 import dataclasses
 
-from keras import ops
+from keras_apm.teachers import teacher_outputs
 
 # --- The student's outputs ----------------------------------------------
 # The feature grid `(B, h, w, D)`; with GLOM levels, the top level.
@@ -37,17 +37,12 @@ GLOBAL = "global"
 # Every GLOM level `(B, num_levels, h, w, D)`, when `num_levels > 1`.
 LEVELS = "levels"
 
-# --- A teacher's outputs (`keras_apm.teachers.Teacher.__call__`) ------------
-# The final patch tokens on the patch grid `(B, h, w, D)`.
-TEACHER_GRID = "grid"
-# The global image embedding `(B, Dg)`.
-TEACHER_GLOBAL = "global"
-# The chosen blocks' patch grids `(B, L, h, w, D)` (with `layers=`).
-TEACHER_LEVELS = "levels"
-# The vector the classifier head reads `(B, Dh)` (classifier teachers).
-TEACHER_HEAD_INPUT = "head_input"
-# The classifier head's logits `(B, num_classes)` (classifier teachers).
-TEACHER_LOGITS = "logits"
+# --- A teacher's outputs (`keras_apm.teachers.teacher_outputs`) -----------
+TEACHER_GRID = teacher_outputs.GRID
+TEACHER_GLOBAL = teacher_outputs.GLOBAL
+TEACHER_LEVELS = teacher_outputs.LEVELS
+TEACHER_HEAD_INPUT = teacher_outputs.HEAD_INPUT
+TEACHER_LOGITS = teacher_outputs.LOGITS
 
 # Where a head's target comes from.
 TEACHER = "teacher"
@@ -187,6 +182,8 @@ def patch_rgb_target(images, patch_size, scaling="minmax", channel_order="rgb"):
     >>> patch_rgb_target(images, 4).shape  # images (2, 32, 32, 3)
     (2, 8, 8, 3)
     """
+    from keras import ops
+
     if scaling not in RGB_SCALINGS:
         raise ValueError(
             f"`rgb_scaling` must be one of {RGB_SCALINGS}. Received {scaling!r}"
