@@ -363,6 +363,21 @@ class APM(Backbone):
             for key, tail in self.field.mlp.output_shapes().items()
         }
 
+    def head_layer(self, name):
+        """The layer that computes output `name` on the grid (the global
+        head, an added head).
+
+        Example:
+        >>> model.head_layer("global") is model.global_pool
+        True
+        """
+        if name not in self._grid_heads:
+            raise ValueError(
+                f"This APM has no head on the grid named {name!r}. It has "
+                f"{sorted(self._grid_heads)}."
+            )
+        return self._grid_heads[name][0]
+
     # --- explicit weights (batched test-time training) ---------------------
     def explicit_weights(self, outputs=None):
         """The weights `call_with_weights` takes, in the layers' layout.
