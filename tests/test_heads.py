@@ -175,3 +175,53 @@ def test_added_head_adapts_and_exports(mean_head, images, tmp_path):
     np.testing.assert_allclose(
         got[MEAN], np_(student(inputs)[MEAN]), rtol=1e-4, atol=1e-5
     )
+
+
+def test_explicit_terms_as_in_keras_distillation(mean_head):
+    from keras_apm.distill import losses
+
+    student = make_student()
+    terms = [
+        losses.GridDistillation(),
+        losses.GlobalDistillation("mse"),
+        losses.HeadDistillation(MEAN),
+    ]
+    assert all(isinstance(t, keras.distillation.DistillationLoss) for t in terms)
+    distiller = APMDistiller(
+        student, distillation_losses=terms, distillation_loss_weights=[1, 0.25, 2]
+    )
+    assert distiller.loss_weights == {"grid": 1.0, "global": 0.25, MEAN: 2.0}
+    assert [m.name for m in distiller.metrics] == [
+        "loss", "grid_loss", "global_loss", "mean_loss", "grid_cosine",
+        "global_cosine",
+    ]  # fmt: skip
+    # Saveable: the terms are Keras objects in the config.
+    config = distiller.get_config()
+    clone = APMDistiller.from_config(config)
+    assert clone.get_config() == config
+    assert clone.distillation_losses == terms
+    with pytest.raises(ValueError, match="either `distillation_losses`"):
+        APMDistiller(student, distillation_losses=terms, grid_weight=1.0)
+    with pytest.raises(ValueError, match="must match number"):
+        APMDistiller(student, distillation_losses=terms, distillation_loss_weights=[1])
+    with pytest.raises(ValueError, match="which the student lacks"):
+        APMDistiller(
+            make_student(rgb_head=False), distillation_losses=[losses.RGBDistillation()]
+        )
+    with pytest.raises(ValueError, match="does not have"):
+        APMDistiller(student, distillation_loss_weights={"nope": 1.0})
+
+
+def test_recipe_states_loss_weights(tmp_path):
+    from keras_apm.distill import distill
+    from keras_apm.distill import get_recipe
+
+    recipe = get_recipe("digits", loss_weights={"rgb": 0.5})
+    assert recipe.loss_weights == {"rgb": 0.5}
+    # Checked with the other settings, before any work.
+    with pytest.raises(ValueError, match="names the term 'colour'"):
+        distill(
+            output=str(tmp_path / "run"), recipe="digits",
+            loss_weights={"colour": 1.0},
+        )  # fmt: skip
+    assert not (tmp_path / "run").exists()
