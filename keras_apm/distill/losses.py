@@ -61,7 +61,7 @@ class HeadDistillation(keras.distillation.DistillationLoss):
 
     A `keras.distillation.DistillationLoss` whose `teacher_outputs` are the
     batch's targets (the teacher's outputs, cached targets or image targets,
-    keyed as `apm_outputs.HEADS` says) and whose `student_outputs` are the
+    keyed as the head table says) and whose `student_outputs` are the
     student's outputs: it compares `student_outputs[head]` with
     `teacher_outputs[target]` by the head's loss, `"mse"` (mean over every
     element) or `"cosine"` (`1 - ` the mean cosine along the last axis).

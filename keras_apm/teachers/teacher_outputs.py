@@ -2,7 +2,7 @@
 
 `teacher(images)` returns a dict with these keys (see
 `keras_apm.teachers.Teacher`); the head table
-(`keras_apm.models.apm.apm_outputs.HEADS`) names the ones a student learns
+(`keras_apm.models.apm.apm_outputs.heads()`) names the ones a student learns
 from, the feature cache stores them and test-time training classifies with
 them.
 

@@ -2,7 +2,7 @@
 
 `APM(images)` returns a dict keyed by output names (`FEATURES`, `RGB`,
 `GLOBAL`, `LEVELS`; see `keras_apm.APM`). Each output is a *head*, and the
-table `HEADS` states for every head, in one row (a `Head`), what the rest of
+head table (`heads()`) states for every head, in one row (a `Head`), what the rest of
 the package needs to know about it: where it is computed, its target (a
 teacher output, or computed from the image), its distillation loss and
 default weight, whether the feature cache stores its target and whether
