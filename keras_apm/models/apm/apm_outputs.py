@@ -1,4 +1,4 @@
-"""An `APM`'s outputs and their training targets, declared once: `HEADS`.
+"""An `APM`'s outputs and their training targets, declared once.
 
 `APM(images)` returns a dict keyed by output names (`FEATURES`, `RGB`,
 `GLOBAL`, `LEVELS`; see `keras_apm.APM`). Each output is a *head*, and the
