@@ -24,6 +24,9 @@ from keras_apm.teachers import Teacher
 from keras_apm.ttt import TestTimeTrainer
 
 MEAN = "mean"
+# Small tests build their steps the quickest way: TensorFlow graphs without
+# XLA; on JAX, jit (eager JAX compiles every op on first use).
+FAST = {"jit_compile": keras.backend.backend() == "jax"}
 
 
 @keras.saving.register_keras_serializable(package="test_heads")
@@ -116,9 +119,9 @@ def test_added_head_is_built_and_distilled(mean_head, teacher, images, tmp_path)
     # The distiller trains it by default, at the row's weight.
     distiller = APMDistiller(student, teacher)
     assert distiller.loss_weights[MEAN] == 0.5
-    distiller.compile(optimizer=keras.optimizers.Adam(1e-2))
+    distiller.compile(optimizer=keras.optimizers.Adam(1e-2), **FAST)
     before = np_(layer.kernel).copy()
-    history = distiller.fit(images, batch_size=16, epochs=1, verbose=0)
+    history = distiller.fit(images[:16], batch_size=16, epochs=1, verbose=0)
     assert np.isfinite(history.history["mean_loss"]).all()
     assert not np.allclose(np_(layer.kernel), before)
     # Its target, the teacher's global embedding, is one the cache keeps.
@@ -133,7 +136,7 @@ def test_added_head_is_built_and_distilled(mean_head, teacher, images, tmp_path)
         shard_size=16, batch_size=16, verbose=0,
     )  # fmt: skip
     cached = APMDistiller(student)  # no teacher: targets from the cache
-    cached.compile(optimizer=keras.optimizers.Adam(1e-2))
+    cached.compile(optimizer=keras.optimizers.Adam(1e-2), **FAST)
     history = cached.fit(
         load_feature_cache(cache_dir, batch_size=16), epochs=1, verbose=0
     )
@@ -155,7 +158,7 @@ def test_added_head_adapts_and_exports(mean_head, images, tmp_path):
     # (`ttt=False`): it is neither stacked nor computed.
     engine = BatchedTTT(
         student, steps=2, optimizer=keras.optimizers.Adam(1e-2),
-        grid_weight=0.5, jit_compile=keras.backend.backend() == "jax",
+        grid_weight=0.5, **FAST,
     )  # fmt: skip
     assert not any("mean_head" in path for path in engine.initial_weights)
     targets = np.random.default_rng(0).normal(size=(2, 16)).astype("float32")
