@@ -429,7 +429,7 @@ def test_a_crafted_run_json_cannot_make_overwrite_delete_outside(
     def no_work(*args, **kwargs):
         raise AssertionError("the teacher was loaded before the checks")
 
-    monkeypatch.setattr("keras_apm.distill.recipe.load_teacher", no_work)
+    monkeypatch.setattr("keras_apm.distill.recipe_runner.load_teacher", no_work)
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "precious.txt").write_text("keep me")
@@ -457,7 +457,7 @@ def test_resume_into_an_empty_output_is_refused(
     def no_work(*args, **kwargs):
         raise AssertionError("the teacher was loaded before the checks")
 
-    monkeypatch.setattr("keras_apm.distill.recipe.load_teacher", no_work)
+    monkeypatch.setattr("keras_apm.distill.recipe_runner.load_teacher", no_work)
     for out in (tmp_path / "missing", tmp_path):
         argv = [
             "distill", "--teacher", "vit_tiny_digits", "--dataset",

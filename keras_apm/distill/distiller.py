@@ -8,10 +8,11 @@ from keras_apm.backend import backend_module
 from keras_apm.distill import losses
 from keras_apm.models.apm.apm_student import check_student_teacher
 from keras_apm.models.apm.apm_student import load_teacher
+from keras_apm.models.apm import apm_outputs
 from keras_apm.models.apm.apm_outputs import FEATURES
 from keras_apm.models.apm.apm_outputs import GLOBAL
-from keras_apm.models.apm.apm_outputs import LEVELS
-from keras_apm.models.apm.apm_outputs import RGB
+from keras_apm.models.apm.apm_outputs import TEACHER_GLOBAL
+from keras_apm.models.apm.apm_outputs import TEACHER_LEVELS
 from keras_apm.utils.validation import check_pixel_dtype
 from keras_apm.utils.validation import check_raw_pixels
 from keras_apm.utils.validation import static_shape
@@ -30,9 +31,10 @@ def _check_weight(value, name):
 
 
 def _head_weight(value, name, has_head, head):
-    """None -> 1.0 if the head exists; 0 -> term off; > 0 needs the head."""
+    """None -> the table's weight if the head exists; 0 -> term off; > 0
+    needs the head."""
     if value is None:
-        return 1.0 if has_head else None
+        return apm_outputs.get_head(head).weight if has_head else None
     value = _check_weight(value, name)
     if value > 0 and not has_head:
         raise ValueError(
@@ -57,16 +59,25 @@ class APMDistiller(keras.Model):
     `+ global_weight * (1 - cosine(global, teacher global))` (or MSE)
     `+ sum_i level_weights[i] * MSE(levels[:, i], teacher levels[:, i])`
 
-    with terms for heads the student lacks left out. `fit` and `evaluate`
-    report `loss`, every term (`grid_loss`, `rgb_loss`, `global_loss`,
-    `level_{i}_loss`) and the mean cosine similarities `grid_cosine` and
-    `global_cosine`, each averaged over the examples of the epoch.
+    with terms for heads the student lacks left out, plus a term for every
+    head added to the head table (`apm_outputs.register_head`) that the
+    student has. Each term is a `keras.distillation.DistillationLoss`
+    (`keras_apm.distill.losses.GridDistillation`, `RGBDistillation`,
+    `GlobalDistillation`, `LevelDistillation`, `HeadDistillation`); as
+    with `keras.distillation.Distiller`, `distillation_losses=` and
+    `distillation_loss_weights=` choose them and their weights (the
+    `*_weight` arguments are shorthands for the default terms). `fit` and
+    `evaluate` report `loss`, every term (`grid_loss`, `rgb_loss`,
+    `global_loss`, `level_{i}_loss`, `{head}_loss`) and the mean cosine
+    similarities `grid_cosine` and `global_cosine`, each averaged over the
+    examples of the epoch.
 
     Data: batches of raw RGB images `(B, H, W, 3)` in `[0, 255]` at the
     student's `(H, W)` (a `(images, labels)` tuple is fine; labels are
     ignored), or dicts with `"images"` plus cached targets `"grid"`
     `(B, h, w, D)`, `"global"` `(B, D)` and `"levels"` `(B, L, h, w, D)` as
-    the student needs them (then no teacher is needed). The student sees
+    the terms need them (the teacher outputs the head table names as
+    targets; then no teacher is needed). The student sees
     `image_converter(images)`; the teacher does its own preprocessing.
 
     RGB target: the image average-pooled over each `patch_size` patch and
@@ -90,7 +101,15 @@ class APMDistiller(keras.Model):
         teacher: a `keras_apm.teachers.Teacher`, a teacher preset (a string
             for `Teacher.from_preset`; levels use evenly spaced layers ending
             with the last), or None to train on cached targets only.
-        grid_weight: float >= 0, weight of the feature-grid MSE.
+        distillation_losses: a `HeadDistillation` or a list of them; None:
+            one per head the student has (`losses.default_losses`, from the
+            head table).
+        distillation_loss_weights: one float per term (a list, as in
+            `keras.distillation.Distiller`), or a dict from term name
+            (`"grid"`, `"rgb"`, `"global"`, `"level_0"`, an added head's
+            name) to weight; a term at weight 0 is left out (the grid term
+            is kept). None: the head table's weights.
+        grid_weight: float >= 0, weight of the feature-grid MSE (shorthand).
         rgb_weight: float >= 0; default 1.0 if the student has an RGB head.
         global_weight: float >= 0; default 1.0 if the student has a global
             head.
@@ -116,7 +135,9 @@ class APMDistiller(keras.Model):
         self,
         student,
         teacher=None,
-        grid_weight=1.0,
+        distillation_losses=None,
+        distillation_loss_weights=None,
+        grid_weight=None,
         rgb_weight=None,
         global_weight=None,
         global_loss="cosine",
@@ -152,9 +173,31 @@ class APMDistiller(keras.Model):
         self.student = student
         self.global_loss = global_loss
         self.rgb_scaling = rgb_scaling
-        self.loss_weights = self._resolve_weights(
-            student, grid_weight, rgb_weight, global_weight, level_weights
-        )
+        shorthands = {
+            "grid_weight": grid_weight,
+            "rgb_weight": rgb_weight,
+            "global_weight": global_weight,
+            "level_weights": level_weights,
+        }
+        self._shorthands = None
+        self._weights_argument = distillation_loss_weights
+        if distillation_losses is None:
+            terms, weights = self._default_terms(
+                student, shorthands, distillation_loss_weights
+            )
+            self._shorthands = shorthands
+        else:
+            given = sorted(k for k, v in shorthands.items() if v is not None)
+            if given:
+                raise ValueError(
+                    f"Pass either `distillation_losses` or the shorthands "
+                    f"{given}, not both: with explicit terms, set their "
+                    "weights with `distillation_loss_weights`."
+                )
+            terms = self._check_terms(student, distillation_losses)
+            weights = self._term_weights(terms, distillation_loss_weights)
+        self.distillation_losses = terms
+        self.distillation_loss_weights = weights
         if image_converter is None:
             image_converter = APMImageConverter(
                 image_size=student.image_shape[:2],
@@ -172,33 +215,82 @@ class APMDistiller(keras.Model):
             self.check_teacher(teacher)
         self.teacher = teacher
 
-        names = ["loss", "grid_loss"]
-        if self.loss_weights[RGB] is not None:
-            names.append("rgb_loss")
-        if self.loss_weights[GLOBAL] is not None:
-            names.append("global_loss")
-        names += [f"level_{i}_loss" for i in range(self.num_level_terms)]
-        names.append("grid_cosine")
-        if self.loss_weights[GLOBAL] is not None:
-            names.append("global_cosine")
+        names = ["loss"] + [f"{t.name}_loss" for t in terms]
+        names += [f"{t.name}_cosine" for t in terms if t.cosine_metric]
         self._trackers = [keras.metrics.Mean(name=n) for n in names]
         # Student and teacher are built: so is the distiller (fit would
         # otherwise trace it symbolically first).
         self.built = True
 
     # ------------------------------------------------------------------
-    # Configuration.
+    # Configuration: the terms and their weights.
+
+    def _default_terms(self, student, shorthands, weights):
+        """The head table's terms for `student`, weighted by the shorthands
+        and `distillation_loss_weights` (a dict by term name)."""
+        if weights is not None and not isinstance(weights, dict):
+            raise ValueError(
+                "Without `distillation_losses`, `distillation_loss_weights` "
+                "is a dict from term name to weight (the terms come from the "
+                f"head table). Received {type(weights).__name__}."
+            )
+        weights = dict(weights or {})
+        terms, values = [], []
+        for row in apm_outputs.heads():
+            has_head = row.name in student.output
+            argument = row.weight_argument
+            value = shorthands.get(argument)
+            if row.per_level:
+                level_terms = self._level_terms(student, value, weights)
+                for term, weight in level_terms:
+                    terms.append(term)
+                    values.append(weight)
+                continue
+            if row.term_name in weights:
+                if value is not None:
+                    raise ValueError(
+                        f"The weight of {row.term_name!r} is given twice: "
+                        f"`{argument}={value}` and in "
+                        "`distillation_loss_weights`. Pass one."
+                    )
+                value = weights.pop(row.term_name)
+                argument = f"distillation_loss_weights[{row.term_name!r}]"
+            elif argument is None:
+                argument = f"distillation_loss_weights[{row.term_name!r}]"
+            if row.name == FEATURES:
+                # The grid term is always computed (at weight 0, a metric).
+                weight = _check_weight(
+                    row.weight if value is None else value, argument
+                )
+            else:
+                weight = _head_weight(value, argument, has_head, row.name)
+            if weight is None:
+                continue
+            loss = self.global_loss if row.name == GLOBAL else None
+            for term in losses.head_losses(row.name, student, loss):
+                terms.append(term)
+                values.append(weight)
+        if weights:
+            raise ValueError(
+                f"`distillation_loss_weights` names terms {sorted(weights)} "
+                f"that this student does not have. Its terms: "
+                f"{[t.name for t in terms]}."
+            )
+        return terms, values
 
     @staticmethod
-    def _resolve_weights(student, grid, rgb, global_, levels):
-        weights = {
-            "grid": _check_weight(grid, "grid_weight"),
-            RGB: _head_weight(rgb, "rgb_weight", student.rgb_head, RGB),
-            GLOBAL: _head_weight(
-                global_, "global_weight", student.global_head, GLOBAL
-            ),
-        }
+    def _level_terms(student, levels, weights):
         num_levels = student.num_levels
+        named = [k for k in weights if k.startswith("level_")]
+        if named:
+            if levels is not None:
+                raise ValueError(
+                    "Level weights are given twice: `level_weights` and "
+                    f"{named} in `distillation_loss_weights`. Pass one."
+                )
+            levels = [
+                weights.pop(f"level_{i}", 1.0) for i in range(num_levels)
+            ]
         if levels is None:
             levels = (1.0,) * num_levels if num_levels > 1 else ()
         else:
@@ -213,17 +305,85 @@ class APMDistiller(keras.Model):
                 _check_weight(w, f"level_weights[{i}]")
                 for i, w in enumerate(levels)
             )
-        weights[LEVELS] = levels
-        return weights
+        return [(losses.LevelDistillation(i), w) for i, w in enumerate(levels)]
+
+    @staticmethod
+    def _check_terms(student, terms):
+        if not isinstance(terms, (list, tuple)):
+            terms = [terms]
+        terms = list(terms)
+        if not terms:
+            raise ValueError(
+                "`distillation_losses` needs at least one term, e.g. "
+                "`[keras_apm.distill.losses.GridDistillation()]`."
+            )
+        for term in terms:
+            if not isinstance(term, losses.HeadDistillation):
+                raise ValueError(
+                    "Each of `distillation_losses` must be a "
+                    "`keras_apm.distill.losses.HeadDistillation` (a "
+                    "`keras.distillation.DistillationLoss` that knows its "
+                    f"head and target). Received {type(term).__name__}."
+                )
+            if term.head not in student.output:
+                raise ValueError(
+                    f"The term {term.name!r} trains the {term.head!r} head, "
+                    f"which the student lacks. Its outputs: "
+                    f"{sorted(student.output)}."
+                )
+        names = [t.name for t in terms]
+        if len(set(names)) != len(names):
+            raise ValueError(
+                f"`distillation_losses` repeats a term: {names}."
+            )
+        return terms
+
+    @staticmethod
+    def _term_weights(terms, weights):
+        if weights is None:
+            return [apm_outputs.get_head(t.head).weight for t in terms]
+        if isinstance(weights, dict):
+            unknown = sorted(set(weights) - {t.name for t in terms})
+            if unknown:
+                raise ValueError(
+                    f"`distillation_loss_weights` names {unknown}, which are "
+                    f"not among the terms {[t.name for t in terms]}."
+                )
+            weights = [
+                weights.get(t.name, apm_outputs.get_head(t.head).weight)
+                for t in terms
+            ]
+        weights = list(weights)
+        if len(weights) != len(terms):
+            raise ValueError(
+                f"Number of distillation_loss_weights ({len(weights)}) must "
+                f"match number of distillation_losses ({len(terms)})."
+            )
+        return [
+            _check_weight(w, f"distillation_loss_weights[{i}]")
+            for i, w in enumerate(weights)
+        ]
+
+    @property
+    def loss_weights(self):
+        """`{term name: weight}` of the active terms."""
+        return {
+            t.name: w
+            for t, w in zip(
+                self.distillation_losses, self.distillation_loss_weights
+            )
+        }
 
     @property
     def num_level_terms(self):
-        """How many level losses the distiller computes (0 without levels)."""
-        return len(self.loss_weights[LEVELS])
+        """How many levels the teacher must give (0 without level terms)."""
+        if any(t.target == TEACHER_LEVELS for t in self.distillation_losses):
+            return self.student.num_levels
+        return 0
 
     @property
     def needs_global(self):
-        return self.loss_weights[GLOBAL] is not None
+        return TEACHER_GLOBAL in self._teacher_keys()
 
     def check_teacher(self, teacher):
         """Checks that a teacher's targets fit the student; raises ValueError.
@@ -241,13 +401,17 @@ class APMDistiller(keras.Model):
     # ------------------------------------------------------------------
     # Targets and forward pass.
 
-    def _required_keys(self):
-        keys = ["images", "grid"]
-        if self.needs_global:
-            keys.append(GLOBAL)
-        if self.num_level_terms:
-            keys.append(LEVELS)
+    def _teacher_keys(self):
+        """The teacher outputs the terms read, in term order."""
+        keys = []
+        for term in self.distillation_losses:
+            row = apm_outputs.get_head(term.head)
+            if row.source == apm_outputs.TEACHER and term.target not in keys:
+                keys.append(term.target)
         return keys
+
+    def _required_keys(self):
+        return ["images"] + self._teacher_keys()
 
     def _check_images(self, images):
         shape = static_shape(images)
@@ -284,16 +448,9 @@ class APMDistiller(keras.Model):
                 f"{sorted(batch)}. Rebuild the cache with a teacher that "
                 "gives them (e.g. `layers=` for levels)."
             )
-        h, w = self.student.grid_shape
-        d = self.student.feature_dim
         batch_size = static_shape(batch["images"])[0]
-        expected = {"grid": (h, w, d), GLOBAL: (d,)}
-        if self.num_level_terms:
-            expected[LEVELS] = (self.num_level_terms, h, w, d)
         targets = {}
-        for key, tail in expected.items():
-            if key == GLOBAL and not self.needs_global:
-                continue
+        for key, tail in self._target_shapes().items():
             shape = static_shape(batch[key])
             if (
                 len(shape) != len(tail) + 1
@@ -309,6 +466,16 @@ class APMDistiller(keras.Model):
             targets[key] = ops.cast(batch[key], "float32")
         return targets
 
+    def _target_shapes(self):
+        """`{teacher target: shape without the batch}`: a target has the
+        shape of the (first) student output that regresses it."""
+        shapes = {}
+        for term in self.distillation_losses:
+            if term.target in self._teacher_keys() and term.target not in shapes:
+                output = self.student.output[term.head]
+                shapes[term.target] = tuple(output.shape[1:])
+        return shapes
+
     def _teacher_targets(self, images):
         if self.teacher is None:
             raise ValueError(
@@ -319,11 +486,7 @@ class APMDistiller(keras.Model):
             )
         out = self.teacher(images)
         # The teacher is frozen: its outputs are constants for the student.
-        targets = {"grid": out["grid"]}
-        if self.needs_global:
-            targets[GLOBAL] = out[GLOBAL]
-        if self.num_level_terms:
-            targets[LEVELS] = out[LEVELS]
+        targets = {key: out[key] for key in self._teacher_keys()}
         return {
             k: ops.stop_gradient(ops.cast(v, "float32"))
             for k, v in targets.items()
@@ -349,7 +512,7 @@ class APMDistiller(keras.Model):
                 )
             images = data["images"]
             self._check_images(images)
-            if "grid" in data:
+            if any(key in data for key in self._teacher_keys()):
                 targets = self._cached_targets(data)
             else:
                 # `model_inputs` resizes the original image to the teacher's
@@ -369,13 +532,15 @@ class APMDistiller(keras.Model):
             self._check_images(images)
             targets = self._teacher_targets(ops.cast(images, "float32"))
         images = ops.cast(images, "float32")
-        if self.loss_weights[RGB] is not None:
-            targets[RGB] = losses.patch_rgb_target(
-                images,
-                self.student.patch_size,
-                scaling=self.rgb_scaling,
-                channel_order=self.image_converter.channel_order,
-            )
+        for term in self.distillation_losses:
+            row = apm_outputs.get_head(term.head)
+            if row.source == apm_outputs.IMAGE and row.target not in targets:
+                targets[row.target] = row.image_target(
+                    images,
+                    self.student.patch_size,
+                    self.rgb_scaling,
+                    self.image_converter.channel_order,
+                )
         return images, targets
 
     def call(self, data, training=False):
@@ -459,8 +624,8 @@ class APMDistiller(keras.Model):
         return losses.distillation_terms(
             results["outputs"],
             results["targets"],
-            self.loss_weights,
-            global_loss=self.global_loss,
+            self.distillation_losses,
+            self.distillation_loss_weights,
         )
 
     # ------------------------------------------------------------------
@@ -544,16 +709,10 @@ class APMDistiller(keras.Model):
         The frozen teacher is stored as a nested Keras object (its keras-hub
         backbone's config; its weights go into the `.keras` file): a saved
         distiller reloads with no access to the teacher's preset or hub,
-        and resumes with exactly the teacher it was trained against.
+        and resumes with exactly the teacher it was trained against. Terms
+        built from the head table are stored as the shorthand weights they
+        came from; explicit `distillation_losses` as Keras objects.
         """
-        def head_weight(key, has_head):
-            # Resolved weights: None for a term that is off; an existing
-            # head whose term was switched off keeps its explicit 0.
-            value = self.loss_weights[key]
-            if value is None:
-                return 0.0 if has_head else None
-            return value
-
         serialize = keras.saving.serialize_keras_object
         config = {
             "name": self.name,
@@ -561,14 +720,43 @@ class APMDistiller(keras.Model):
             "dtype": serialize(self.dtype_policy),
             "student": serialize(self.student),
             "teacher": None if self.teacher is None else serialize(self.teacher),
-            "grid_weight": self.loss_weights["grid"],
-            "rgb_weight": head_weight(RGB, self.student.rgb_head),
-            "global_weight": head_weight(GLOBAL, self.student.global_head),
+            "distillation_losses": None,
+            "distillation_loss_weights": None,
+            "grid_weight": None,
+            "rgb_weight": None,
+            "global_weight": None,
             "global_loss": self.global_loss,
-            "level_weights": list(self.loss_weights[LEVELS]) or None,
+            "level_weights": None,
             "image_converter": serialize(self.image_converter),
             "rgb_scaling": self.rgb_scaling,
         }
+        if self._shorthands is None:
+            config["distillation_losses"] = [
+                serialize(t) for t in self.distillation_losses
+            ]
+            config["distillation_loss_weights"] = list(
+                self.distillation_loss_weights
+            )
+            return config
+        # Resolved weights: None for a term that is off; an existing head
+        # whose term was switched off keeps its explicit 0.
+        weights = self.loss_weights
+        by_dict = dict(self._weights_argument or {})
+        for row in apm_outputs.heads():
+            argument = row.weight_argument
+            if argument is None:
+                continue
+            if row.per_level:
+                levels = [w for t, w in weights.items() if t.startswith("level_")]
+                if not any(k.startswith("level_") for k in by_dict):
+                    config[argument] = levels or None
+                continue
+            if row.term_name in by_dict:
+                continue
+            has_head = row.name in self.student.output
+            value = weights.get(row.term_name)
+            config[argument] = (0.0 if has_head else None) if value is None else value
+        config["distillation_loss_weights"] = self._weights_argument
         return config
 
     @classmethod
@@ -577,6 +765,11 @@ class APMDistiller(keras.Model):
         for key in ("student", "teacher", "image_converter"):
             if isinstance(config.get(key), dict):
                 config[key] = keras.saving.deserialize_keras_object(config[key])
+        if config.get("distillation_losses"):
+            config["distillation_losses"] = [
+                keras.saving.deserialize_keras_object(t)
+                for t in config["distillation_losses"]
+            ]
         return cls(**config)
 
     def save_student(self, directory):

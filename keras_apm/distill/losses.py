@@ -5,14 +5,16 @@ Every function reduces to a float32 scalar, whatever the dtype of its inputs
 are not done in bfloat16).
 """
 
+import keras
 from keras import ops
 
+from keras_apm.models.apm import apm_outputs
 from keras_apm.models.apm.apm_outputs import FEATURES
 from keras_apm.models.apm.apm_outputs import GLOBAL
 from keras_apm.models.apm.apm_outputs import LEVELS
 from keras_apm.models.apm.apm_outputs import RGB
-
-RGB_SCALINGS = ("minmax", "unit")
+from keras_apm.models.apm.apm_outputs import RGB_SCALINGS  # noqa: F401
+from keras_apm.models.apm.apm_outputs import patch_rgb_target  # noqa: F401
 
 
 def _f32(x):
@@ -53,95 +55,222 @@ def mean_cosine(predictions, targets):
     return ops.mean(cosine_similarity(predictions, targets))
 
 
-def patch_rgb_target(images, patch_size, scaling="minmax", channel_order="rgb"):
-    """The RGB head's target: the image average-pooled over each patch.
+@keras.saving.register_keras_serializable(package="keras_apm")
+class HeadDistillation(keras.distillation.DistillationLoss):
+    """The distillation term of one output head, from the head table.
 
-    The one definition of the target, used by distillation
-    (`APMDistiller`) and test-time training (`TestTimeTrainer`): computed
-    from raw pixels at the student's input size, not from the converted
-    student input, so that it does not depend on the student's converter
-    (`"unit"`, `"imagenet"`, `"minmax"`) and TTT regresses exactly what the
-    head was distilled to.
-
-    The official COCO recipe scales each image to `[0, 1]` by its own
-    minimum and maximum and regresses the pooled input. Because that scaling
-    is affine per image, it is applied after the pooling here (same numbers,
-    fewer operations). A constant image becomes zeros.
+    A `keras.distillation.DistillationLoss` whose `teacher_outputs` are the
+    batch's targets (the teacher's outputs, cached targets or image targets,
+    keyed as the head table says) and whose `student_outputs` are the
+    student's outputs: it compares `student_outputs[head]` with
+    `teacher_outputs[target]` by the head's loss, `"mse"` (mean over every
+    element) or `"cosine"` (`1 - ` the mean cosine along the last axis).
+    `fit` logs it as `"{name}_loss"` (and `"{name}_cosine"` for heads whose
+    row asks for the cosine).
 
     Args:
-        images: `(B, H, W, 3)` RGB pixels in `[0, 255]`.
-        patch_size: int, pooling window and stride (the student's patch).
-        scaling: `"minmax"` (per image to `[0, 1]`, official) or `"unit"`
-            (`x / 255`, keeps absolute brightness).
-        channel_order: `"rgb"`, or `"bgr"` for students that read BGR (the
-            converted official COCO model): the target's channels follow.
-
-    Returns:
-        `(B, H / p, W / p, 3)` float32 target in `[0, 1]`.
+        head: an output name of `apm_outputs` (`"features"`, an added head).
+        loss: `"mse"`, `"cosine"`, or None for the head's default.
+        level: for the GLOM levels, the level this term compares.
 
     Example:
-    >>> patch_rgb_target(images, 4).shape  # images (2, 32, 32, 3)
-    (2, 8, 8, 3)
+    >>> term = HeadDistillation("features")
+    >>> term.compute_loss({"grid": grid}, {"features": features})
     """
-    if scaling not in RGB_SCALINGS:
-        raise ValueError(
-            f"`rgb_scaling` must be one of {RGB_SCALINGS}. Received {scaling!r}"
+
+    def __init__(self, head, loss=None, level=None):
+        row = apm_outputs.get_head(head)
+        loss = row.loss if loss is None else loss
+        if loss not in apm_outputs.HEAD_LOSSES:
+            raise ValueError(
+                f"The {head!r} head's loss must be one of "
+                f"{apm_outputs.HEAD_LOSSES}. Received {loss!r}."
+            )
+        if row.per_level != (level is not None):
+            raise ValueError(
+                f"The {head!r} head has "
+                + ("one term per level: pass `level=`." if row.per_level else
+                   f"no levels. Received level={level!r}.")
+            )  # fmt: skip
+        self.head = head
+        self.target = row.target
+        self.loss = loss
+        self.level = None if level is None else int(level)
+        self.name = row.term_name if level is None else f"level_{level}"
+        self.cosine_metric = row.cosine_metric
+
+    def _pair(self, teacher_outputs, student_outputs):
+        prediction = student_outputs[self.head]
+        target = teacher_outputs[self.target]
+        if self.level is not None:
+            prediction, target = prediction[:, self.level], target[:, self.level]
+        return prediction, target
+
+    def validate_outputs(self, teacher_outputs, student_outputs):
+        for what, outputs, key in (
+            ("student output", student_outputs, self.head),
+            ("target", teacher_outputs, self.target),
+        ):
+            if key not in outputs:
+                raise ValueError(
+                    f"The {self.name!r} distillation term needs the {what} "
+                    f"{key!r}. Received keys {sorted(outputs)}."
+                )
+
+    def compute_terms(self, teacher_outputs, student_outputs):
+        """`{"{name}_loss": ..., ["{name}_cosine": ...]}`, float32 scalars."""
+        prediction, target = self._pair(teacher_outputs, student_outputs)
+        terms = {}
+        cosine = None
+        if self.loss == "cosine" or self.cosine_metric:
+            cosine = mean_cosine(prediction, target)
+        if self.loss == "cosine":
+            terms[f"{self.name}_loss"] = 1.0 - cosine
+        else:
+            terms[f"{self.name}_loss"] = mean_squared_error(prediction, target)
+        if self.cosine_metric:
+            terms[f"{self.name}_cosine"] = cosine
+        return terms
+
+    def compute_loss(self, teacher_outputs, student_outputs, **kwargs):
+        return self.compute_terms(teacher_outputs, student_outputs)[
+            f"{self.name}_loss"
+        ]
+
+    def get_config(self):
+        return {"head": self.head, "loss": self.loss, "level": self.level}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == (
+            other.get_config()
         )
-    x = _f32(images)
-    pooled = ops.average_pool(
-        x, pool_size=patch_size, strides=patch_size, padding="valid"
-    )
-    if scaling == "minmax":
-        lo = ops.min(x, axis=(1, 2, 3), keepdims=True)
-        hi = ops.max(x, axis=(1, 2, 3), keepdims=True)
-        span = hi - lo
-        # A constant image has no span: divide by 1 instead, giving zeros.
-        pooled = (pooled - lo) / (span + ops.cast(span <= 0, "float32"))
-    else:
-        pooled = pooled / 255.0
-    if channel_order == "bgr":
-        pooled = ops.flip(pooled, axis=-1)
-    return pooled
+
+    def __hash__(self):
+        return hash((type(self), self.name))
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.get_config()})"
 
 
-def distillation_terms(outputs, targets, weights, global_loss="cosine"):
+@keras.saving.register_keras_serializable(package="keras_apm")
+class GridDistillation(HeadDistillation):
+    """The feature grid against the teacher's `"grid"` (MSE; logs
+    `grid_loss` and `grid_cosine`).
+
+    Example:
+    >>> APMDistiller(student, teacher, distillation_losses=[GridDistillation()])
+    """
+
+    def __init__(self, loss=None):
+        super().__init__(FEATURES, loss)
+
+    def get_config(self):
+        return {"loss": self.loss}
+
+
+@keras.saving.register_keras_serializable(package="keras_apm")
+class RGBDistillation(HeadDistillation):
+    """The RGB decode against the patch-pooled image (MSE; `rgb_loss`).
+
+    Example:
+    >>> RGBDistillation().compute_loss({"rgb": target}, {"rgb": decode})
+    """
+
+    def __init__(self, loss=None):
+        super().__init__(RGB, loss)
+
+    def get_config(self):
+        return {"loss": self.loss}
+
+
+@keras.saving.register_keras_serializable(package="keras_apm")
+class GlobalDistillation(HeadDistillation):
+    """The global vector against the teacher's `"global"`: `1 - cosine`
+    (default) or `"mse"`; logs `global_loss` and `global_cosine`.
+
+    Example:
+    >>> GlobalDistillation("mse")
+    """
+
+    def __init__(self, loss=None):
+        super().__init__(GLOBAL, loss)
+
+    def get_config(self):
+        return {"loss": self.loss}
+
+
+@keras.saving.register_keras_serializable(package="keras_apm")
+class LevelDistillation(HeadDistillation):
+    """GLOM level `level` against the teacher's level (MSE;
+    `level_{level}_loss`).
+
+    Example:
+    >>> [LevelDistillation(i) for i in range(student.num_levels)]
+    """
+
+    def __init__(self, level, loss=None):
+        super().__init__(LEVELS, loss, level=level)
+
+    def get_config(self):
+        return {"level": self.level, "loss": self.loss}
+
+
+_BUILT_IN_TERMS = {
+    FEATURES: GridDistillation,
+    RGB: RGBDistillation,
+    GLOBAL: GlobalDistillation,
+}
+
+
+def head_losses(head, student, loss=None):
+    """The distillation terms of one head of `student` (one per level).
+
+    Example:
+    >>> head_losses("levels", student)  # [LevelDistillation(0), ...]
+    """
+    row = apm_outputs.get_head(head)
+    if row.per_level:
+        return [LevelDistillation(i, loss) for i in range(student.num_levels)]
+    if head in _BUILT_IN_TERMS:
+        return [_BUILT_IN_TERMS[head](loss)]
+    return [HeadDistillation(head, loss)]
+
+
+def default_losses(student, global_loss=None):
+    """One term per head `student` outputs, in table order.
+
+    Example:
+    >>> [t.name for t in default_losses(student)]
+    ['grid', 'rgb', 'global']
+    """
+    terms = []
+    for row in apm_outputs.heads():
+        if row.name in student.output:
+            loss = global_loss if row.name == GLOBAL else None
+            terms += head_losses(row.name, student, loss)
+    return terms
+
+
+def distillation_terms(outputs, targets, distillation_losses, weights):
     """All loss terms and metrics of one batch.
 
     Args:
-        outputs: the student's outputs (`"features"`, and `"rgb"`,
-            `"global"`, `"levels"` as the weights ask).
-        targets: `"grid"`, and `"rgb"`, `"global"`, `"levels"` likewise.
-        weights: dict with `"grid"`, `"rgb"`, `"global"` floats (a term
-            whose weight is None is skipped) and `"levels"`, a tuple of one
-            weight per level (empty without levels).
-        global_loss: `"cosine"` (`1 - cosine`) or `"mse"`.
+        outputs: the student's outputs.
+        targets: the targets, keyed as the terms' `target`.
+        distillation_losses: `HeadDistillation` terms.
+        weights: one float per term.
 
     Returns:
         `(total, terms)`: the weighted sum, and a dict of float32 scalars:
-        `grid_loss`, `grid_cosine`, and where active `rgb_loss`,
-        `global_loss`, `global_cosine`, `level_{i}_loss`.
+        `"{name}_loss"` per term and `"{name}_cosine"` where the head asks.
     """
-    terms = {}
-    features, grid = outputs[FEATURES], targets["grid"]
-    terms["grid_loss"] = mean_squared_error(features, grid)
-    terms["grid_cosine"] = mean_cosine(features, grid)
-    total = weights["grid"] * terms["grid_loss"]
-    if weights.get(RGB) is not None:
-        terms["rgb_loss"] = mean_squared_error(outputs[RGB], targets[RGB])
-        total = total + weights[RGB] * terms["rgb_loss"]
-    if weights.get(GLOBAL) is not None:
-        cosine = mean_cosine(outputs[GLOBAL], targets[GLOBAL])
-        if global_loss == "cosine":
-            terms["global_loss"] = 1.0 - cosine
-        else:
-            terms["global_loss"] = mean_squared_error(
-                outputs[GLOBAL], targets[GLOBAL]
-            )
-        terms["global_cosine"] = cosine
-        total = total + weights[GLOBAL] * terms["global_loss"]
-    for i, weight in enumerate(weights.get(LEVELS, ())):
-        terms[f"level_{i}_loss"] = mean_squared_error(
-            outputs[LEVELS][:, i], targets[LEVELS][:, i]
-        )
-        total = total + weight * terms[f"level_{i}_loss"]
+    total, terms = 0.0, {}
+    for term, weight in zip(distillation_losses, weights):
+        values = term.compute_terms(targets, outputs)
+        terms.update(values)
+        total = total + weight * values[f"{term.name}_loss"]
     return total, terms

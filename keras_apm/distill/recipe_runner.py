@@ -142,8 +142,8 @@ def distill(teacher=None, dataset=None, output=None, recipe="default",
             (`keras_apm.utils.progress.fit_verbosity`).
         **overrides: settings of the recipe to change (`split`,
             `validation_split`, `levels`, `epochs`, `batch_size`,
-            `learning_rate`, `schedule`, `trunk_widths`, `seed`; see
-            `DistillRecipe`).
+            `learning_rate`, `schedule`, `trunk_widths`, `seed`,
+            `loss_weights`; see `DistillRecipe`).
         overwrite: delete another run's outputs in `output` (otherwise
             such a directory is refused) and start fresh.
         coordinator, num_processes, process_id: a multi-process run's
@@ -191,6 +191,7 @@ def distill(teacher=None, dataset=None, output=None, recipe="default",
         schedule=settings.schedule, trunk_widths=settings.trunk_widths,
         cache=cache, resume=resume, seed=settings.seed, data_dir=data_dir,
         verbose=verbose, overwrite=overwrite,
+        loss_weights=settings.loss_weights,
     )
     config = _check_settings(arguments)
     group = distribution.initialize(coordinator, num_processes, process_id)
@@ -279,12 +280,16 @@ def _check_settings(arguments):
             )
         for width in widths:
             check_number(width, "each of `trunk_widths`", low=1, integer=True)
+    _check_loss_weights(arguments["loss_weights"])
     teacher = arguments["teacher"]
     if isinstance(teacher, Teacher):
         from keras_apm.data.feature_cache import teacher_identity
 
         teacher = teacher_identity(teacher)  # its weights' hash included
     skip = ("epochs", "resume", "overwrite", "data_dir", "verbose", "output")
+    if arguments["loss_weights"] is None:
+        # Runs recorded before recipes had loss weights still resume.
+        skip += ("loss_weights",)
     config = {k: v for k, v in arguments.items() if k not in skip}
     config["teacher"] = teacher
     for key in ("dataset", "student", "cache"):
@@ -293,10 +298,32 @@ def _check_settings(arguments):
     return config
 
 
+def _check_loss_weights(loss_weights):
+    """A recipe's `loss_weights`: None or `{term name: number >= 0}`."""
+    from keras_apm.models.apm import apm_outputs
+    from keras_apm.utils.validation import check_number
+
+    if loss_weights is None:
+        return
+    terms = [h.term_name for h in apm_outputs.heads() if not h.per_level]
+    if not isinstance(loss_weights, dict):
+        raise ValueError(
+            "`loss_weights` must be a dict from loss term to weight, e.g. "
+            f"{{'grid': 1.0, 'rgb': 0.5}}. Received {loss_weights!r}."
+        )
+    for name, weight in loss_weights.items():
+        if not (name in terms or re.fullmatch(r"level_[0-9]+", str(name))):
+            raise ValueError(
+                f"`loss_weights` names the term {name!r}; the terms are "
+                f"{terms} and 'level_<i>' for GLOM levels."
+            )
+        check_number(weight, f"`loss_weights[{name!r}]`", low=0)
+
+
 def _distill(
     teacher, dataset, output, recipe, split, validation_split, student, levels,
     epochs, batch_size, learning_rate, schedule, trunk_widths, cache, resume,
-    seed, data_dir, verbose, run_id, group, callbacks=None,
+    seed, data_dir, verbose, run_id, group, callbacks=None, loss_weights=None,
 ):
     """`distill` in its claimed output directory."""
     from keras_apm.distill.checkpoint import DistillCheckpoint
@@ -343,7 +370,11 @@ def _distill(
     if validation is not None:
         validation = group.shard(validation, per_process)
 
-    distiller = APMDistiller(student, None if cache else teacher)
+    distiller = APMDistiller(
+        student,
+        None if cache else teacher,
+        distillation_loss_weights=loss_weights,
+    )
     distiller.compile(
         optimizer=_optimizer(
             learning_rate, schedule, epochs * _steps_per_epoch(train)

@@ -35,6 +35,11 @@ class DistillRecipe:
         trunk_widths: the default student's trunk widths (None: the
             `default_student_config` widths).
         seed: initialisation and shuffling seed.
+        loss_weights: None (the head table's weights, see
+            `keras_apm.models.apm.apm_outputs`), or a dict from loss term
+            (`"grid"`, `"rgb"`, `"global"`, `"level_0"`, an added head's
+            name) to its weight; a term at 0 is left out. Passed to
+            `APMDistiller` as `distillation_loss_weights`.
     """
 
     teacher: str = None
@@ -48,6 +53,7 @@ class DistillRecipe:
     schedule: str = "constant"
     trunk_widths: tuple = None
     seed: int = 0
+    loss_weights: dict = None
 
     def replace(self, **overrides):
         """A copy with some settings changed; unknown names raise."""

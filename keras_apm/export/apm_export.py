@@ -158,13 +158,26 @@ def _run_jobs(model_or_preset, jobs, representative_data):
         return
     from keras_apm.export.tensorflow_subprocess import run_in_subprocess
 
+    imports = _head_modules(model)
     if preset_dir is not None:
-        run_in_subprocess(preset_dir, jobs, images)
+        run_in_subprocess(preset_dir, jobs, images, imports)
         return
     with terminate_as_exit(), temporary_directory("keras_apm_export_") as tmp:
         preset_dir = os.path.join(tmp, "preset")
         model.save_to_preset(preset_dir)
-        run_in_subprocess(preset_dir, jobs, images)
+        run_in_subprocess(preset_dir, jobs, images, imports)
+
+
+def _head_modules(model):
+    """The modules outside Keras and keras_apm that define the layers of
+    the model's added heads: the subprocess imports them to rebuild it."""
+    modules = []
+    for name in model.extra_heads:
+        module = type(model.head_layer(name)).__module__
+        if module.split(".")[0] not in ("keras", "keras_hub", "keras_apm"):
+            if module not in modules:
+                modules.append(module)
+    return modules
 
 
 def _float32_model(model_or_preset):

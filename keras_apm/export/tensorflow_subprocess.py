@@ -6,9 +6,11 @@ parent saves the model as a preset and starts
 
     KERAS_BACKEND=tensorflow python -m keras_apm.export.tensorflow_subprocess \\
         --preset DIR --jobs JOBS.json [--representative-data X.npy] \\
-        --error-file ERROR.json
+        --error-file ERROR.json [--import MODULE ...]
 
-which loads the preset and runs `tensorflow_export.export_jobs`. On failure
+which imports the modules that define the layers of added output heads
+(`APM(extra_heads=...)`; like any Keras custom layer, their classes must be
+imported to rebuild the model), loads the preset and runs `tensorflow_export.export_jobs`. On failure
 the child writes `{"type", "message"}` to the error file, so the parent
 raises a `ValueError` with the same message (other errors as RuntimeError).
 
@@ -43,8 +45,11 @@ WATCH_INTERVAL_S = 0.5
 UNWIND_GRACE_S = 30.0
 
 
-def run_in_subprocess(preset_dir, jobs, representative_data=None):
+def run_in_subprocess(preset_dir, jobs, representative_data=None, imports=()):
     """Runs `export_jobs` on the preset at `preset_dir` in a subprocess.
+
+    `imports`: modules (imported in this process) that the child imports
+    first, found on the same path as here.
 
     Example:
     ```python
@@ -64,6 +69,12 @@ def run_in_subprocess(preset_dir, jobs, representative_data=None):
             "--jobs", jobs_file, "--error-file", error_file,
             "--parent-pid", str(os.getpid()),
         ]  # fmt: skip
+        folders = []
+        for module in imports:
+            command += ["--import", module]
+            folder = _module_root(module)
+            if folder not in folders:
+                folders.append(folder)
         if representative_data is not None:
             data_file = os.path.join(tmp, "representative.npy")
             np.save(data_file, representative_data)
@@ -80,7 +91,7 @@ def run_in_subprocess(preset_dir, jobs, representative_data=None):
             os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         )
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (root, env.get("PYTHONPATH")) if p
+            p for p in (root, *folders, env.get("PYTHONPATH")) if p
         )
         result = subprocess.run(command, env=env, capture_output=True, text=True)
         if result.returncode == 0:
@@ -102,6 +113,16 @@ def run_in_subprocess(preset_dir, jobs, representative_data=None):
         f"{result.returncode} (a negative code is a signal, e.g. out of "
         f"memory). Its last output:\n{tail}"
     )
+
+
+def _module_root(module):
+    """The folder from which `import module` finds it (a `sys.path` entry)."""
+    path = os.path.abspath(sys.modules[module].__file__)
+    depth = module.count(".") + (os.path.basename(path) == "__init__.py")
+    folder = os.path.dirname(path)
+    for _ in range(depth):
+        folder = os.path.dirname(folder)
+    return folder
 
 
 def _die_with_parent(parent_pid):
@@ -139,6 +160,7 @@ def main(argv=None):
     parser.add_argument("--representative-data", default=None)
     parser.add_argument("--error-file", required=True)
     parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--import", dest="imports", action="append", default=[])
     args = parser.parse_args(argv)
     if args.parent_pid is not None:
         _die_with_parent(args.parent_pid)
@@ -151,8 +173,13 @@ def main(argv=None):
                 "Run this module with KERAS_BACKEND=tensorflow. Received "
                 f"backend {keras.backend.backend()!r}."
             )
+        import importlib
+
         from keras_apm.export.tensorflow_export import export_jobs
         from keras_apm.models.apm.apm_backbone import APM
+
+        for module in args.imports:
+            importlib.import_module(module)
 
         with open(args.jobs, encoding="utf-8") as f:
             jobs = json.load(f)

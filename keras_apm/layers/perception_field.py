@@ -69,9 +69,9 @@ class PerceptionField(keras.layers.Layer):
             self.mlp.build((None, trigger_shape[-1] + self.position_dim))
         self.built = True
 
-    def explicit_weights(self):
+    def explicit_weights(self, outputs=None):
         """The MLP's weights (`PerceptionMLP.explicit_weights`)."""
-        return self.mlp.explicit_weights()
+        return self.mlp.explicit_weights(outputs)
 
     def call_with_weights(self, weights, trigger, locations=None, chunk_size="default"):
         """`call` from explicit weights: the MLP's, or one set per image.
@@ -124,17 +124,10 @@ class PerceptionField(keras.layers.Layer):
             num_locations = locations.shape[0]
         batch = trigger.shape[0]
         dtype = self.mlp.compute_dtype
-        width = self.mlp.feature_dim
-
-        def spec(*tail):
-            return keras.KerasTensor((batch, num_locations, *tail), dtype=dtype)
-
-        outputs = {"features": spec(width)}
-        if self.mlp.level_heads:
-            outputs["levels"] = spec(self.mlp.num_levels, width)
-        if self.mlp.rgb_head:
-            outputs["rgb"] = spec(3)
-        return outputs
+        return {
+            key: keras.KerasTensor((batch, num_locations, *tail), dtype=dtype)
+            for key, tail in self.mlp.output_shapes().items()
+        }
 
     def get_config(self):
         config = super().get_config()

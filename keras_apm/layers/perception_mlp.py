@@ -123,19 +123,48 @@ class PerceptionMLP(keras.layers.Layer):
             shape = (None, layer.units)
         self.built = True
 
-    def explicit_weights(self):
+    def output_shapes(self):
+        """The heads this MLP answers at one location: `{output: shape}`.
+
+        `"features"` `(D,)`; `"levels"` `(num_levels, D)` with several GLOM
+        levels; `"rgb"` `(3,)` with the RGB head. The output names are the
+        per-location rows of the head table
+        (`keras_apm.models.apm.apm_outputs`).
+
+        Example:
+        >>> PerceptionMLP((8,), 4, rgb_head=False).output_shapes()
+        {'features': (4,)}
+        """
+        shapes = {"features": (self.feature_dim,)}
+        if self.level_heads:
+            shapes["levels"] = (self.num_levels, self.feature_dim)
+        if self.rgb_head:
+            shapes["rgb"] = (3,)
+        return shapes
+
+    def explicit_weights(self, outputs=None):
         """The MLP's variables as `call_with_weights` takes them.
 
         `{"trunk": [...], "levels": [...], "features": ..., "rgb": [...]}`,
         each entry a Dense layer's `{"kernel", "bias"}`; `"levels"` holds
         the lower GLOM levels' heads, `"rgb"` the RGB head's layers.
+
+        Args:
+            outputs: None (every head), or the output names to compute: the
+                optional heads left out (`"levels"`, `"rgb"`) get no
+                weights, so `call_with_weights` skips them.
         """
-        return {
+        weights = {
             "trunk": [dense_weights(layer) for layer in self.trunk],
             "levels": [dense_weights(layer) for layer in self.level_heads],
             "features": dense_weights(self.feature_head),
             "rgb": [dense_weights(layer) for layer in self.rgb_layers],
         }
+        if outputs is not None:
+            for head in ("levels", "rgb"):
+                if head not in outputs:
+                    weights[head] = []
+        return weights
 
     def call_with_weights(self, weights, queries):
         """`call` from explicit weights (`explicit_weights()`'s structure).

@@ -5,6 +5,7 @@ import keras_hub
 import numpy as np
 from keras import ops
 
+from keras_apm.teachers import teacher_outputs
 from keras_apm.teachers import teacher_registry
 from keras_apm.teachers import teacher_utils
 from keras_apm.utils.validation import check_pixel_dtype
@@ -323,8 +324,8 @@ class Teacher(keras.layers.Layer):
             pixels = ops.transpose(pixels, (0, 3, 1, 2))
         tokens, hidden = self._forward(pixels)
         outputs = {
-            "grid": self._to_grid(tokens),
-            "global": self._global(tokens),
+            teacher_outputs.GRID: self._to_grid(tokens),
+            teacher_outputs.GLOBAL: self._global(tokens),
         }
         if self.layer_indices is not None:
             levels = []
@@ -333,10 +334,11 @@ class Teacher(keras.layers.Layer):
                 if self.normalize_levels:
                     level = self._final_norm(level)
                 levels.append(self._to_grid(level))
-            outputs["levels"] = ops.stack(levels, axis=1)
+            outputs[teacher_outputs.LEVELS] = ops.stack(levels, axis=1)
         if self.task is not None:
-            outputs["head_input"] = self._head_input(tokens)
-            outputs["logits"] = self._head(outputs["head_input"])
+            head_input = self._head_input(tokens)
+            outputs[teacher_outputs.HEAD_INPUT] = head_input
+            outputs[teacher_outputs.LOGITS] = self._head(head_input)
         return outputs
 
     def classifier_logits(self, images):
@@ -347,7 +349,7 @@ class Teacher(keras.layers.Layer):
         applied (keras-hub ViT presets have none: these are logits).
         """
         self._check_has_classifier("classifier_logits()")
-        return self(images)["logits"]
+        return self(images)[teacher_outputs.LOGITS]
 
     def head_logits(self, vectors):
         """The classifier head applied to `(B, head_dim)` vectors.

@@ -23,6 +23,10 @@ from keras import ops
 
 from keras_apm.distill.losses import cosine_similarity
 from keras_apm.backend import backend_module
+from keras_apm.models.apm import apm_outputs
+from keras_apm.models.apm.apm_outputs import FEATURES
+from keras_apm.models.apm.apm_outputs import GLOBAL
+from keras_apm.models.apm.apm_outputs import RGB
 from keras_apm.ttt import recipes
 
 LOSSES = recipes.LOSSES
@@ -45,52 +49,46 @@ def check_student(model, with_rgb=False):
         raise ValueError("`rgb_weight > 0` needs a student with `rgb_head=True`.")
 
 
+def ttt_outputs(with_rgb=False):
+    """The outputs batched TTT computes: the head table's TTT heads (the
+    feature grid and the global vector), and the RGB decode when its loss
+    term is on."""
+    outputs = apm_outputs.ttt_heads()
+    return outputs + (RGB,) if with_rgb else outputs
+
+
 def student_weights(model, with_rgb=False):
     """The student's variables that the TTT loss reads, in its layers' layout.
 
-    A tree `{"column", "field", "global"}` of each layer's
-    `explicit_weights()`. Heads the loss does not read (the lower GLOM
-    levels; the RGB head unless `with_rgb`) are left out, so they are
-    neither stacked nor computed.
+    `model.explicit_weights(outputs=ttt_outputs(with_rgb))`: a tree
+    `{"column", "field", "global"}` of each layer's `explicit_weights()`.
+    Heads the loss does not read (the lower GLOM levels; the RGB head unless
+    `with_rgb`; added heads the table leaves out of TTT) are left out, so
+    they are neither stacked nor computed.
     """
-    field = dict(model.field.explicit_weights(), levels=[])
-    if not with_rgb:
-        field["rgb"] = []
-    return {
-        "column": model.column.explicit_weights(),
-        "field": field,
-        "global": model.global_pool.explicit_weights(),
-    }
+    return model.explicit_weights(outputs=ttt_outputs(with_rgb))
 
 
-def batched_forward(model, params, images, with_features=False):
+def batched_forward(model, params, images):
     """The APM's forward pass with one set of weights per image.
 
     Equal to calling `model` with weights `params[...][b]` on `images[b]`
-    (float rounding aside): every layer computes from its explicit weights
-    (`call_with_weights`), here stacked.
+    (float rounding aside): `APM.call_with_weights`, every layer computing
+    from its explicit weights, here stacked.
 
     Args:
         model: the student `APM` (its layers and settings; its own variables
             are not read).
         params: `student_weights(model)`'s tree of `(B, ...)` tensors.
         images: `(B, H, W, C)` float32 student inputs (preprocessed).
-        with_features: also return `"features"` `(B, L, D)` and, when
-            `params` hold the RGB head, `"rgb"` `(B, L, 3)`.
 
     Returns:
-        dict with `"global"` `(B, D)` (and the features when asked).
+        dict with `"global"` `(B, D)`, `"features"` `(B, h, w, D)` and,
+        when `params` hold the RGB head, `"rgb"` `(B, h, w, 3)`.
     """
-    trigger = model.column.call_with_weights(params["column"], images)
     # All locations in one call: the step is compiled, chunks would not
     # lower the memory that the gradient needs.
-    answers = model.field.call_with_weights(params["field"], trigger, chunk_size=None)
-    (h, w), features = model.grid_shape, answers["features"]
-    grid = ops.reshape(features, (-1, h, w, features.shape[-1]))
-    outputs = {"global": model.global_pool.call_with_weights(params["global"], grid)}
-    if with_features:
-        outputs.update(answers)
-    return outputs
+    return model.call_with_weights(params, images, chunk_size=None)
 
 
 def global_loss(prediction, target, loss):
@@ -217,7 +215,7 @@ class BatchedTTT:
         self._forward = backend.compile_function(
             lambda values, images: batched_forward(
                 model, keras.tree.pack_sequence_as(layout, values), images
-            )["global"],
+            )[GLOBAL],
             self.jit_compile,
         )
         self._built_batch_size = batch_size
@@ -246,14 +244,11 @@ class BatchedTTT:
         if self.grid_weight > 0:
             if grid is None:
                 raise ValueError("`grid_weight > 0` needs grid targets.")
-            grid = _check(grid, (batch_size, h, w, dim), "grid")
-            batch["grid"] = ops.reshape(grid, (batch_size, h * w, -1))
+            batch[FEATURES] = _check(grid, (batch_size, h, w, dim), "grid")
         if self.rgb_weight > 0:
             if rgb is None:
                 raise ValueError("`rgb_weight > 0` needs RGB targets.")
-            batch["rgb"] = ops.reshape(
-                _check(rgb, (batch_size, h, w, 3), "rgb"), (batch_size, h * w, 3)
-            )
+            batch[RGB] = _check(rgb, (batch_size, h, w, 3), "rgb")
         if self._built_batch_size != batch_size:
             self._build(batch_size)
         # A fresh start for every image: initial weights, zero moments,
@@ -267,24 +262,20 @@ class BatchedTTT:
         losses = [self._step(batch) for _ in range(self.steps)]
         values = [v.value for v in self._variables]
         return {
-            "global": self._forward(values, images),
+            GLOBAL: self._forward(values, images),
             "loss": ops.stack(losses, axis=1),
         }
 
 
 def _per_image_loss(model, params, batch, loss, grid_weight, rgb_weight):
-    out = batched_forward(
-        model, params, batch["images"], grid_weight > 0 or rgb_weight > 0
-    )
-    value = global_loss(out["global"], batch["target"], loss)
-    if grid_weight > 0:
-        value = value + grid_weight * ops.mean(
-            ops.square(out["features"] - batch["grid"]), axis=(1, 2)
-        )
-    if rgb_weight > 0:
-        value = value + rgb_weight * ops.mean(
-            ops.square(out["rgb"] - batch["rgb"]), axis=(1, 2)
-        )
+    out = batched_forward(model, params, batch["images"])
+    value = global_loss(out[GLOBAL], batch["target"], loss)
+    # MSE terms on the grids, keyed by output (targets of the same shape).
+    for key, weight in ((FEATURES, grid_weight), (RGB, rgb_weight)):
+        if weight > 0:
+            value = value + weight * ops.mean(
+                ops.square(out[key] - batch[key]), axis=(1, 2, 3)
+            )
     return value
 
 

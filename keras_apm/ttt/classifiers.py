@@ -19,7 +19,7 @@ are measured the same way.
 
 import numpy as np
 from keras import ops
-from keras_apm.models.apm.apm_outputs import GLOBAL
+from keras_apm.teachers import teacher_outputs as outputs_lib
 
 # The official APM TTT prompt.
 DEFAULT_TEMPLATES = ("a photo of a {}",)
@@ -67,7 +67,9 @@ class Classifier:
     def target(self, teacher_outputs):
         """The `(B, target_dim)` vector the student regresses."""
         return _check_vectors(
-            teacher_outputs[GLOBAL], self.target_dim, "teacher embeddings"
+            teacher_outputs[outputs_lib.GLOBAL],
+            self.target_dim,
+            "teacher embeddings",
         )
 
     def teacher_scores(self, teacher_outputs):
@@ -294,7 +296,7 @@ class LinearHeadClassifier(Classifier):
     def target(self, teacher_outputs):
         """What the head reads: the teacher's `"head_input"`."""
         return _check_vectors(
-            teacher_outputs["head_input"], self.target_dim, "head inputs"
+            teacher_outputs[outputs_lib.HEAD_INPUT], self.target_dim, "head inputs"
         )
 
     def scores(self, vectors):
@@ -302,7 +304,7 @@ class LinearHeadClassifier(Classifier):
         return _to_numpy(self.teacher.head_logits(vectors))
 
     def teacher_scores(self, teacher_outputs):
-        return _to_numpy(teacher_outputs["logits"])
+        return _to_numpy(teacher_outputs[outputs_lib.LOGITS])
 
     def get_config(self):
         config = super().get_config()

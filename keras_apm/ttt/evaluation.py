@@ -117,7 +117,7 @@ def _adapt_dataset(dataset, trainer):
 def _check_finite_result(result, first_index):
     """Stops on a diverged adaptation: its predictions would mean nothing."""
     bad = ~np.isfinite(result["loss"]).all(axis=1)
-    if "global" in result:
+    if GLOBAL in result:
         bad |= ~np.isfinite(result[GLOBAL]).all(axis=1)
     if bad.any():
         where = np.flatnonzero(bad)

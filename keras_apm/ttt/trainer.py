@@ -21,6 +21,7 @@ from keras_apm.distill.losses import patch_rgb_target
 from keras_apm.models.apm.apm_outputs import FEATURES
 from keras_apm.models.apm.apm_outputs import GLOBAL
 from keras_apm.models.apm.apm_outputs import RGB
+from keras_apm.models.apm.apm_outputs import TEACHER_GRID
 from keras_apm.utils.validation import check_number
 
 ENGINES = ("batched", "per_image")
@@ -250,7 +251,7 @@ class TestTimeTrainer:
     def _adapt_chunk(self, images, engine):
         outputs = self.teacher(images)
         target = self.classifier.target(outputs)
-        grid = outputs["grid"] if self.grid_weight > 0 else None
+        grid = outputs[TEACHER_GRID] if self.grid_weight > 0 else None
         inputs = ops.cast(self.preprocessor(images), "float32")
         rgb = None
         if self.rgb_weight > 0:

@@ -6,8 +6,6 @@ colours mean the student reproduces the teacher there.
 """
 
 from keras_apm.cli.visualize import _common
-from keras_apm.models.apm.apm_outputs import FEATURES
-from keras_apm.models.apm.apm_outputs import RGB
 
 HELP = "input | RGB decode | islands (| teacher islands)"
 
@@ -17,6 +15,9 @@ def add_arguments(parser):
 
 
 def run(args):
+    # The output names' module imports the teachers (Keras): inside `run`.
+    from keras_apm.models.apm.apm_outputs import FEATURES
+    from keras_apm.models.apm.apm_outputs import RGB
     from keras_apm.teachers import Teacher
     from keras_apm.visualize import images as images_lib
     from keras_apm.visualize import islands_figure

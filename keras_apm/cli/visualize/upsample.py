@@ -4,8 +4,6 @@ patch grid: RGB decode and islands, one block of rows per image.
 """
 
 from keras_apm.cli.visualize import _common
-from keras_apm.models.apm.apm_outputs import FEATURES
-from keras_apm.models.apm.apm_outputs import RGB
 
 HELP = "features r times denser than the patch grid vs bilinear"
 
@@ -22,6 +20,9 @@ def add_arguments(parser):
 
 
 def run(args):
+    # The output names' module imports the teachers (Keras): inside `run`.
+    from keras_apm.models.apm.apm_outputs import FEATURES
+    from keras_apm.models.apm.apm_outputs import RGB
     from keras_apm.visualize import evaluate_dense
     from keras_apm.visualize import panel_figure
     from keras_apm.visualize import save_figure

@@ -8,7 +8,7 @@ teacher (the official recipe: dump the teacher's features once).
 
 Layout (format version 2). A shard file holds `n` consecutive examples as
 raw little-endian columns, one section per key in `manifest["keys"]` order
-(`images`, the `CACHED_TARGETS` the teacher has, `labels`), each section
+(`images`, the `cached_targets()` the teacher has, `labels`), each section
 `n` fixed-size records padded to a multiple of 4 KiB: any run of examples
 of a key is one contiguous byte range, read with one `os.preadv` straight
 into a batch's tensor; NumPy can `np.memmap` the same bytes. (Format
@@ -29,7 +29,6 @@ targets), `writer` (`cache_teacher_features`), `reader`
 (`load_feature_cache`).
 """
 
-from keras_apm.data.feature_cache.manifest import CACHED_TARGETS
 from keras_apm.data.feature_cache.manifest import FORMAT_VERSION
 from keras_apm.data.feature_cache.manifest import MANIFEST_FILE
 from keras_apm.data.feature_cache.manifest import read_manifest

@@ -16,6 +16,7 @@ import re
 import keras
 import numpy as np
 
+from keras_apm.models.apm import apm_outputs
 from keras_apm.utils.files import resolve_inside
 
 MANIFEST_FILE = "manifest.json"
@@ -23,12 +24,6 @@ FORMAT_VERSION = 2
 SHARD = "shard_{:05d}.bin"
 SHARD_RE = re.compile(r"^shard_(\d{5,})\.bin$")
 OLD_SHARD_RE = re.compile(r"^shard_(\d{5,})\.npz$")  # format version 1
-# The teacher outputs a cache stores, in shard order (`levels` only when
-# the teacher was built with `layers`). The one list to change when a new
-# distilled head needs another cached target.
-CACHED_TARGETS = ("grid", "global", "levels")
-# Every key a shard may hold, in shard order.
-KEYS = ("images", *CACHED_TARGETS, "labels")
 DTYPES = ("uint8", "float16", "float32", "int64")
 # Sections start on 4 KiB boundaries (page-aligned for mmap and direct I/O).
 ALIGN = 4096
@@ -36,6 +31,24 @@ ALIGN = 4096
 # became the default), `sha256` (caches written before).
 CHECKSUM_FIELDS = {"xxh3_128": 32, "sha256": 64}
 
+
+
+def cached_targets():
+    """The teacher outputs a cache stores, in shard order: the head table's
+    cached targets (`apm_outputs.cached_target_keys`; `levels` only when
+    the teacher was built with `layers`). Read at use time, so a head
+    registered after import is cached too.
+
+    Example:
+    >>> cached_targets()
+    ('grid', 'global', 'levels')
+    """
+    return apm_outputs.cached_target_keys()
+
+
+def cache_keys():
+    """Every key a shard may hold, in shard order."""
+    return ("images", *cached_targets(), "labels")
 
 def teacher_identity(teacher):
     """What makes two teachers' targets the same: geometry, preprocessing,
@@ -187,8 +200,9 @@ def _check_layout(manifest, path):
     keys = manifest.get("keys")
     if keys is None:  # No shard written yet.
         return
-    if not isinstance(keys, list) or not set(keys) <= set(KEYS) or not keys:
-        _refuse(path, f"'keys' must be a list of {KEYS}, got {keys!r}")
+    known = cache_keys()
+    if not isinstance(keys, list) or not set(keys) <= set(known) or not keys:
+        _refuse(path, f"'keys' must be a list of {known}, got {keys!r}")
     for key in keys:
         shape = manifest.get("shapes", {}).get(key)
         dtype = manifest.get("dtypes", {}).get(key)

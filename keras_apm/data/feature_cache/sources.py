@@ -7,7 +7,7 @@ import weakref
 import keras
 import numpy as np
 
-from keras_apm.data.feature_cache.manifest import CACHED_TARGETS
+from keras_apm.data.feature_cache.manifest import cached_targets
 from keras_apm.utils.optional import require
 
 tf = require("tensorflow", extra="data")
@@ -88,7 +88,7 @@ _TEACHER_FUNCTIONS = weakref.WeakKeyDictionary()
 def teacher_function(teacher, image_shape, batch_size):
     """`images -> {grid, global[, levels]}` NumPy arrays, compiled once.
 
-    The outputs are the teacher's `CACHED_TARGETS` that it has. A
+    The outputs are the teacher's `cached_targets()` that it has. A
     functional model compiles the teacher (jit / tf.function) instead of
     running it op by op; every call gets a full `batch_size` batch (a short
     one is padded, and the padding dropped) so it never recompiles.
@@ -98,7 +98,7 @@ def teacher_function(teacher, image_shape, batch_size):
     if key not in functions:
         inputs = keras.Input(shape=image_shape, name="images")
         outputs = teacher(inputs)
-        keys = [k for k in CACHED_TARGETS if k in outputs]
+        keys = [k for k in cached_targets() if k in outputs]
         model = keras.Model(inputs, {k: outputs[k] for k in keys})
         functions[key] = model.predict_on_batch
     predict = functions[key]

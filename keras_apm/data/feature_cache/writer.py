@@ -19,7 +19,7 @@ import numpy as np
 from keras_apm.data.feature_cache import checksums
 from keras_apm.data.feature_cache import sources
 from keras_apm.data.feature_cache.manifest import FORMAT_VERSION
-from keras_apm.data.feature_cache.manifest import KEYS
+from keras_apm.data.feature_cache.manifest import cache_keys
 from keras_apm.data.feature_cache.manifest import MANIFEST_FILE
 from keras_apm.data.feature_cache.manifest import OLD_SHARD_RE
 from keras_apm.data.feature_cache.manifest import SHARD
@@ -290,7 +290,7 @@ class _Job:
         """Runs the teacher over one shard's examples and writes it."""
         arrays = self.arrays(*batch)
         if self.manifest.get("keys") is None:  # The first shard sets the layout.
-            keys = [k for k in KEYS if k in arrays]
+            keys = [k for k in cache_keys() if k in arrays]
             self.manifest.update(
                 keys=keys,
                 shapes={k: list(arrays[k].shape[1:]) for k in keys},
@@ -363,7 +363,7 @@ def cache_teacher_features(
     """Runs a teacher once over a dataset and writes its targets to disk.
 
     Each shard holds `shard_size` consecutive examples: the images, the
-    teacher's `CACHED_TARGETS` and the labels (-1 without). Calling it
+    teacher's `cached_targets()` and the labels (-1 without). Calling it
     again (same directory, teacher and dataset: deterministic, no shuffle)
     checks every written shard against its checksum, rewrites any missing
     or damaged one (warning with its name) and continues an interrupted

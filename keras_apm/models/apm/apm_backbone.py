@@ -4,10 +4,10 @@ import keras
 from keras import ops
 from keras_hub.models import Backbone
 
-from keras_apm.layers.attention_pool import AttentionPoolHead
 from keras_apm.layers.perception_field import PerceptionField
 from keras_apm.layers.perception_mlp import PerceptionMLP
 from keras_apm.layers.trigger_column import TriggerColumn
+from keras_apm.models.apm import apm_outputs
 from keras_apm.models.apm import apm_preset_loading
 from keras_apm.models.apm.apm_outputs import FEATURES
 from keras_apm.models.apm.apm_outputs import GLOBAL
@@ -49,8 +49,10 @@ class APM(Backbone):
     Calling the model on `(B, H, W, C)` float images returns a dict:
     `"features"` `(B, h, w, D)`; `"rgb"` `(B, h, w, 3)` if `rgb_head`;
     `"levels"` `(B, num_levels, h, w, D)` if `num_levels > 1` (the last level
-    is `"features"`); `"global"` `(B, D)` if `global_head`.
-    `evaluate_locations` answers any set of (fractional) locations.
+    is `"features"`); `"global"` `(B, D)` if `global_head`; and one output
+    per added head (`extra_heads`). `evaluate_locations` answers any set of
+    (fractional) locations. The heads and their targets are declared in the
+    head table, `keras_apm.models.apm.apm_outputs`.
 
     Args:
         image_shape: `(H, W, C)`; `H` and `W` divisible by `patch_size`.
@@ -69,6 +71,10 @@ class APM(Backbone):
         chunk_size: int or None, locations per MLP call (None: all at once).
         fast_path: bool, compute the trigger column's share of the first
             layer once per image (exact algebra) instead of building queries.
+        extra_heads: names of heads added to the head table
+            (`apm_outputs.register_head`), each computed by its row's layer
+            on the grid it reads; or a dict from name to such a layer (as
+            `get_config` stores them: `{"layer": ..., "input": ...}`).
         dtype: dtype policy, e.g. `"float32"` or `"mixed_bfloat16"`.
 
     Example:
@@ -98,9 +104,11 @@ class APM(Backbone):
         global_num_heads=8,
         chunk_size=None,
         fast_path=True,
+        extra_heads=(),
         dtype=None,
         **kwargs,
     ):
+        arguments = dict(locals())
         image_shape = check_positive_ints(image_shape, "image_shape")
         if len(image_shape) != 3:
             raise ValueError(
@@ -155,19 +163,16 @@ class APM(Backbone):
             grid_shape, position_dim, mlp, chunk_size=chunk_size,
             fast_path=fast_path, dtype=dtype, name="field",
         )  # fmt: skip
-        self.global_pool = (
-            AttentionPoolHead(global_num_heads, dtype=dtype, name="global_head")
-            if global_head
-            else None
-        )
+        grid_heads = _grid_heads(arguments, extra_heads)
+        self.global_pool = grid_heads.get(GLOBAL, (None, None))[0]
 
         # === Functional model ===
         images = keras.Input(shape=image_shape, name="images")
         trigger = self.column(images)
         answers = self.field(trigger)
         outputs = self._to_grid(answers, grid_shape)
-        if self.global_pool is not None:
-            outputs[GLOBAL] = self.global_pool(outputs[FEATURES])
+        for name, (layer, source) in grid_heads.items():
+            outputs[name] = layer(outputs[source])
         super().__init__(inputs=images, outputs=outputs, dtype=dtype, **kwargs)
 
         # === Config ===
@@ -186,6 +191,9 @@ class APM(Backbone):
         self.chunk_size = self.field.chunk_size
         self.fast_path = bool(fast_path)
         self.grid_shape = grid_shape
+        # `{output: (layer, the output it reads)}` of the heads on the grid.
+        self._grid_heads = grid_heads
+        self.extra_heads = tuple(n for n in grid_heads if n not in apm_outputs.BUILT_IN)
         # Reading values back costs a device sync, so the NaN/Inf check on
         # eager calls is opt-in: `model.check_finite = True`.
         self.check_finite = False
@@ -350,14 +358,71 @@ class APM(Backbone):
 
     def _empty_answers(self, batch, num_locations):
         dtype = self.compute_dtype
-        out = {"features": ops.zeros((batch, num_locations, self.feature_dim), dtype)}
-        if self.rgb_head:
-            out["rgb"] = ops.zeros((batch, num_locations, 3), dtype)
-        if self.num_levels > 1:
-            out["levels"] = ops.zeros(
-                (batch, num_locations, self.num_levels, self.feature_dim), dtype
+        return {
+            key: ops.zeros((batch, num_locations) + tuple(tail), dtype)
+            for key, tail in self.field.mlp.output_shapes().items()
+        }
+
+    def head_layer(self, name):
+        """The layer that computes output `name` on the grid (the global
+        head, an added head).
+
+        Example:
+        >>> model.head_layer("global") is model.global_pool
+        True
+        """
+        if name not in self._grid_heads:
+            raise ValueError(
+                f"This APM has no head on the grid named {name!r}. It has "
+                f"{sorted(self._grid_heads)}."
             )
-        return out
+        return self._grid_heads[name][0]
+
+    # --- explicit weights (batched test-time training) ---------------------
+    def explicit_weights(self, outputs=None):
+        """The weights `call_with_weights` takes, in the layers' layout.
+
+        `{"column": ..., "field": ..., <head on the grid>: ...}`, each entry
+        a layer's `explicit_weights()`.
+
+        Args:
+            outputs: None (every output), or the output names to compute:
+                heads left out get no weights and are not computed.
+
+        Example:
+        >>> weights = model.explicit_weights(outputs=("features", "global"))
+        """
+        weights = {
+            "column": self.column.explicit_weights(),
+            "field": self.field.explicit_weights(outputs),
+        }
+        for name, (layer, _) in self._grid_heads.items():
+            if outputs is None or name in outputs:
+                weights[name] = layer.explicit_weights()
+        return weights
+
+    def call_with_weights(self, weights, images, chunk_size="default"):
+        """`model(images)` from explicit weights, the model's or one set per
+        image (every weight with a leading image axis `B`).
+
+        Runs the same layers as the model (column -> field -> grid -> the
+        heads on the grid), each from its weights; outputs whose weights are
+        left out (`explicit_weights(outputs=...)`) are not computed.
+
+        Example:
+        >>> out = model.call_with_weights(model.explicit_weights(), x)
+        """
+        trigger = self.column.call_with_weights(weights["column"], images)
+        answers = self.field.call_with_weights(
+            weights["field"], trigger, chunk_size=chunk_size
+        )
+        outputs = self._to_grid(answers, self.grid_shape)
+        for name, (layer, source) in self._grid_heads.items():
+            if name in weights:
+                outputs[name] = layer.call_with_weights(
+                    weights[name], outputs[source]
+                )
+        return outputs
 
     def get_config(self):
         config = super().get_config()
@@ -379,6 +444,19 @@ class APM(Backbone):
                 "fast_path": self.fast_path,
             }
         )
+        if self.extra_heads:
+            # The layers themselves: a saved model reloads without the
+            # table row (its class must be importable, as for any Keras
+            # custom layer).
+            config["extra_heads"] = {
+                name: {
+                    "layer": keras.saving.serialize_keras_object(
+                        self._grid_heads[name][0]
+                    ),
+                    "input": self._grid_heads[name][1],
+                }
+                for name in self.extra_heads
+            }
         return config
 
     def save_to_preset(self, preset_dir, max_shard_size=10):
@@ -419,6 +497,49 @@ class APM(Backbone):
             cls, super().from_preset, preset, load_weights, **kwargs
         )
 
+
+
+def _grid_heads(arguments, extra_heads):
+    """`{name: (layer, input)}` of the heads on the grid, in table order:
+    the built-in ones the arguments switch on, then `extra_heads`."""
+    heads = {}
+    for row in apm_outputs.grid_heads():
+        if row.enabled is not None and row.enabled(arguments):
+            heads[row.name] = (row.layer(arguments), row.input)
+    if isinstance(extra_heads, str):
+        extra_heads = (extra_heads,)
+    if isinstance(extra_heads, dict):
+        items = extra_heads.items()
+    else:
+        items = [(name, None) for name in extra_heads]
+    for name, given in items:
+        if name in heads or name in apm_outputs.BUILT_IN:
+            raise ValueError(
+                f"`extra_heads` lists {name!r}, a built-in output; switch "
+                "built-in heads on with their own arguments (`global_head`)."
+            )
+        if given is None:
+            row = apm_outputs.get_head(name)
+            if row.enabled is not None:
+                raise ValueError(
+                    f"The head {name!r} is switched on by an APM argument, "
+                    "not by `extra_heads`."
+                )
+            layer, source = row.layer(arguments), row.input
+        else:
+            given = dict(given) if isinstance(given, dict) else {"layer": given}
+            layer, source = given["layer"], given.get("input", FEATURES)
+            if isinstance(layer, dict):
+                layer = keras.saving.deserialize_keras_object(layer)
+        for method in ("explicit_weights", "call_with_weights"):
+            if not callable(getattr(layer, method, None)):
+                raise ValueError(
+                    f"The layer of head {name!r} ({type(layer).__name__}) "
+                    f"needs a `{method}` method, so that batched test-time "
+                    "training runs its math (see `AttentionPoolHead`)."
+                )
+        heads[name] = (layer, source)
+    return heads
 
 
 # Makes the shipped presets (`apm_tiny_digits`) loadable by name wherever
