@@ -43,8 +43,11 @@ WATCH_INTERVAL_S = 0.5
 UNWIND_GRACE_S = 30.0
 
 
-def run_in_subprocess(preset_dir, jobs, representative_data=None):
+def run_in_subprocess(preset_dir, jobs, representative_data=None, module=MODULE):
     """Runs `export_jobs` on the preset at `preset_dir` in a subprocess.
+
+    `module` is the child's entry point: this module, or another that takes
+    the same arguments (`keras_apm.export.ttt_litert` for on-device TTT).
 
     Example:
     ```python
@@ -60,7 +63,7 @@ def run_in_subprocess(preset_dir, jobs, representative_data=None):
         with open(jobs_file, "w", encoding="utf-8") as f:
             json.dump(jobs, f)
         command = [
-            sys.executable, "-m", MODULE, "--preset", preset_dir,
+            sys.executable, "-m", module, "--preset", preset_dir,
             "--jobs", jobs_file, "--error-file", error_file,
             "--parent-pid", str(os.getpid()),
         ]  # fmt: skip

@@ -24,6 +24,8 @@ from keras import ops
 from keras_apm.distill.losses import cosine_similarity
 from keras_apm.backend import backend_module
 from keras_apm.ttt import recipes
+from keras_apm.ttt.subsets import check_locations_per_step
+from keras_apm.ttt.subsets import step_indices
 
 LOSSES = recipes.LOSSES
 
@@ -63,7 +65,7 @@ def student_weights(model, with_rgb=False):
     }
 
 
-def batched_forward(model, params, images, with_features=False):
+def batched_forward(model, params, images, with_features=False, indices=None):
     """The APM's forward pass with one set of weights per image.
 
     Equal to calling `model` with weights `params[...][b]` on `images[b]`
@@ -77,17 +79,41 @@ def batched_forward(model, params, images, with_features=False):
         images: `(B, H, W, C)` float32 student inputs (preprocessed).
         with_features: also return `"features"` `(B, L, D)` and, when
             `params` hold the RGB head, `"rgb"` `(B, L, 3)`.
+        indices: `None` (the whole grid) or `(L,)` int row-major indices of
+            the grid locations to answer; the global vector then pools
+            those L locations only (`keras_apm.ttt.subsets`).
 
     Returns:
         dict with `"global"` `(B, D)` (and the features when asked).
     """
     trigger = model.column.call_with_weights(params["column"], images)
+    if indices is not None:
+        return _subset_forward(model, params, trigger, indices, with_features)
     # All locations in one call: the step is compiled, chunks would not
     # lower the memory that the gradient needs.
     answers = model.field.call_with_weights(params["field"], trigger, chunk_size=None)
     (h, w), features = model.grid_shape, answers["features"]
     grid = ops.reshape(features, (-1, h, w, features.shape[-1]))
     outputs = {"global": model.global_pool.call_with_weights(params["global"], grid)}
+    if with_features:
+        outputs.update(answers)
+    return outputs
+
+
+def _subset_forward(model, params, trigger, indices, with_features):
+    """`batched_forward` at the grid locations `indices` only."""
+    from keras_apm.layers.position_encoding import grid_locations
+    from keras_apm.layers.position_encoding import grid_position_codes
+
+    locations = ops.take(grid_locations(model.grid_shape), indices, axis=0)
+    answers = model.field.call_with_weights(
+        params["field"], trigger, locations=locations, chunk_size=None
+    )
+    features = answers["features"]
+    codes = grid_position_codes(tuple(model.grid_shape), features.shape[-1])
+    codes = ops.take(ops.convert_to_tensor(codes), indices, axis=0)
+    pooled = model.global_pool.call_with_weights(params["global"], features, codes)
+    outputs = {"global": pooled}
     if with_features:
         outputs.update(answers)
     return outputs
@@ -125,6 +151,10 @@ class BatchedTTT:
         rgb_weight: weight of the RGB MSE term (needs an RGB head).
         jit_compile: compile the step (`jax.jit`, XLA `tf.function`;
             torch runs eagerly).
+        locations_per_step: `None` (every step trains on the whole grid)
+            or an int: each step trains on that many grid locations
+            (`keras_apm.ttt.subsets.step_indices`, drawn from `seed`).
+        seed: int, seeds the subsets.
 
     Example:
     ```python
@@ -143,6 +173,8 @@ class BatchedTTT:
         grid_weight=0.0,
         rgb_weight=0.0,
         jit_compile=True,
+        locations_per_step=None,
+        seed=0,
     ):
         if (
             isinstance(steps, bool)
@@ -166,6 +198,17 @@ class BatchedTTT:
         self.grid_weight = float(grid_weight)
         self.rgb_weight = float(rgb_weight)
         self.jit_compile = bool(jit_compile)
+        self.locations_per_step = check_locations_per_step(
+            locations_per_step, student.grid_shape
+        )
+        self._indices = None
+        if self.locations_per_step is not None:
+            self._indices = [
+                ops.convert_to_tensor(i)
+                for i in step_indices(
+                    student.grid_shape, self.locations_per_step, self.steps, seed
+                )
+            ]
         # The layout comes from the student's layers; the values are copied
         # now (float32, whatever the student's policy).
         self._layout = student_weights(student, with_rgb=self.rgb_weight > 0)
@@ -264,7 +307,11 @@ class BatchedTTT:
             variable.assign(
                 ops.zeros(variable.shape, variable.dtype) if value is None else value
             )
-        losses = [self._step(batch) for _ in range(self.steps)]
+        losses = []
+        for step in range(self.steps):
+            if self._indices is not None:
+                batch["indices"] = self._indices[step]
+            losses.append(self._step(batch))
         values = [v.value for v in self._variables]
         return {
             "global": self._forward(values, images),
@@ -273,18 +320,20 @@ class BatchedTTT:
 
 
 def _per_image_loss(model, params, batch, loss, grid_weight, rgb_weight):
+    indices = batch.get("indices")
     out = batched_forward(
-        model, params, batch["images"], grid_weight > 0 or rgb_weight > 0
+        model, params, batch["images"], grid_weight > 0 or rgb_weight > 0, indices
     )
     value = global_loss(out["global"], batch["target"], loss)
-    if grid_weight > 0:
-        value = value + grid_weight * ops.mean(
-            ops.square(out["features"] - batch["grid"]), axis=(1, 2)
-        )
-    if rgb_weight > 0:
-        value = value + rgb_weight * ops.mean(
-            ops.square(out["rgb"] - batch["rgb"]), axis=(1, 2)
-        )
+    terms = ((grid_weight, "features", "grid"), (rgb_weight, "rgb", "rgb"))
+    for weight, key, name in terms:
+        if weight > 0:
+            target = batch[name]
+            if indices is not None:
+                target = ops.take(target, indices, axis=1)
+            value = value + weight * ops.mean(
+                ops.square(out[key] - target), axis=(1, 2)
+            )
     return value
 
 
