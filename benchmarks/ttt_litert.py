@@ -17,7 +17,7 @@ Two tables, one JSON line per row (`benchmarks/results/ttt_litert.jsonl`):
   whose cost is one forward pass per image whatever the student does).
   Also the file sizes, float32 and float16 weights.
 
-Usage (JAX is the fastest Keras backend for TTT on a CPU):
+Usage (the committed rows ran under JAX):
 
 ```shell
 KERAS_BACKEND=jax python benchmarks/ttt_litert.py --limit 120
