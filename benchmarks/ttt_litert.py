@@ -181,9 +181,8 @@ def litert_table(args):
                 "file": sizes,
             }
             for quantization in ("float32", "float16"):
-                path = os.path.join(
-                    tmp, f"{name}_{None if quantization == 'float32' else quantization}.tflite"
-                )
+                stored = None if quantization == "float32" else quantization
+                path = os.path.join(tmp, f"{name}_{stored}.tflite")
                 for threads in (1, 2):
                     lite = LiteRTTestTimeTrainer(path, num_threads=threads)
                     lite.adapt(images[:1])  # warm-up

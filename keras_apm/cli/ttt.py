@@ -218,7 +218,8 @@ def _run_litert(args, severity):
         "severity": severity if args.corruption else None,
         "limit": args.limit,
     }
-    record = evaluate(trainer, dataset, verbose=0 if args.quiet else 1, settings=settings)
+    verbose = 0 if args.quiet else 1
+    record = evaluate(trainer, dataset, verbose=verbose, settings=settings)
     write_json(args.output, record, indent=1)
     print(
         f"{record['num_images']} images through {args.tflite} (LiteRT): "

@@ -299,8 +299,11 @@ def ttt_module(trainer):
     def targets(images):
         outputs = teacher(images)
         if embeddings is None:
-            return {"target": outputs["head_input"], "teacher_scores": outputs["logits"]}
-        return {"target": outputs["global"], "teacher_scores": scores(outputs["global"])}
+            target, teacher_scores = outputs["head_input"], outputs["logits"]
+        else:
+            target = outputs["global"]
+            teacher_scores = scores(target)
+        return {"target": target, "teacher_scores": teacher_scores}
 
     @tf.function(
         input_signature=[

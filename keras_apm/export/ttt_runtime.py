@@ -88,7 +88,8 @@ class LiteRTTestTimeTrainer:
         self._indices = step_indices(
             self.grid_shape, self.locations_per_step, self.steps, self.seed
         )
-        probe = self._run["targets"](images=np.zeros((1,) + self.image_shape, "float32"))
+        zeros = np.zeros((1,) + self.image_shape, "float32")
+        probe = self._run["targets"](images=zeros)
         self.classifier = _FileClassifier(probe["teacher_scores"].shape[-1])
         self.batch_size = 32  # images per `evaluate` batch (one at a time here)
 
