@@ -81,6 +81,7 @@ def test_file_is_builtin_ops_only(ttt_file):
 
 
 def test_parity_with_keras_ttt(ttt_file, keras_trainer, digits):
+    import keras
     from keras import ops
 
     from keras_apm.export import LiteRTTestTimeTrainer
@@ -93,12 +94,19 @@ def test_parity_with_keras_ttt(ttt_file, keras_trainer, digits):
     np.testing.assert_allclose(ours["target"], theirs["target"], atol=2e-5)
     # The 20 TTT steps from the same targets: the same losses to 1e-5
     # (end to end, the teacher's rounding grows through 20 Adam steps).
+    # PyTorch runs Keras TTT eagerly with a fused Adam kernel: measured up to
+    # 5e-4 apart from the file by step 20, where TensorFlow and JAX (XLA)
+    # agree with it to 3e-6.
+    torch = keras.backend.backend() == "torch"
     inputs = ops.cast(keras_trainer.preprocessor(digits), "float32")
     engine = keras_trainer.engine.adapt(inputs, ours["target"])
     np.testing.assert_allclose(
-        ours["loss"], ops.convert_to_numpy(engine["loss"]), rtol=1e-5
+        ours["loss"], ops.convert_to_numpy(engine["loss"]),
+        rtol=2e-3 if torch else 1e-5,
+    )  # fmt: skip
+    np.testing.assert_allclose(
+        ours["loss"], theirs["loss"], rtol=2e-3 if torch else 2e-4
     )
-    np.testing.assert_allclose(ours["loss"], theirs["loss"], rtol=2e-4)
     # Clean and foggy digits: the same predictions.
     np.testing.assert_array_equal(ours["predictions"], theirs["predictions"])
     np.testing.assert_array_equal(
