@@ -17,7 +17,9 @@ def add_parser(subparsers):
         ),
     )
     parser.add_argument(
-        "--preset", required=True, help="preset name, handle or directory"
+        "--preset",
+        help="preset name, handle or directory (with --ttt: the student, "
+        "default sized from the teacher)",
     )
     parser.add_argument(
         "--format", default=FORMATS[0], choices=FORMATS, help="export format"
@@ -46,6 +48,29 @@ def add_parser(subparsers):
     parser.add_argument(
         "--output", required=True, help="directory (saved_model) or .tflite"
     )
+    ttt = parser.add_argument_group(
+        "on-device test-time training (--ttt)",
+        "one .tflite file with the signatures targets, train, reset, "
+        "classify, infer and settings (docs/export.md)",
+    )
+    ttt.add_argument(
+        "--ttt", action="store_true",
+        help="write an on-device TTT file (needs --teacher, --format tflite)",
+    )  # fmt: skip
+    ttt.add_argument("--teacher", help="teacher preset: name, handle or directory")
+    ttt.add_argument("--recipe", default=None, help="TTT recipe (default: default)")
+    ttt.add_argument("--steps", type=int, default=None, help="steps per image")
+    ttt.add_argument(
+        "--learning-rate", type=float, default=None, help="(default: the recipe's)"
+    )
+    ttt.add_argument(
+        "--locations-per-step", type=int, default=None,
+        help="grid locations each step trains on (default: all)",
+    )  # fmt: skip
+    ttt.add_argument(
+        "--class-embeddings", help=".npy (num_classes, dim) class embeddings"
+    )
+    ttt.add_argument("--seed", type=int, default=0, help="student init seed")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing --output"
     )
@@ -57,6 +82,10 @@ def run(args):
     from keras_apm.export.checks import check_options
     from keras_apm.export.checks import check_target
 
+    if args.ttt or args.teacher is not None:
+        return _run_ttt(args)
+    if args.preset is None:
+        raise ValueError("--preset is required (or --ttt --teacher PRESET).")
     # Cheap checks first: a bad command line loads no model.
     check_options(args.format, args.quantization, args.representative_data)
     check_target(args.output, args.format, args.overwrite)
@@ -76,6 +105,61 @@ def run(args):
     print(
         f"Wrote {args.format} ({args.quantization or 'float32'}) of "
         f"{args.preset} to {args.output} ({_size(args.output) / 1e6:.1f} MB)."
+    )
+    return 0
+
+
+def _run_ttt(args):
+    from keras_apm.export.checks import check_target
+    from keras_apm.export.ttt_litert import TTT_QUANTIZATIONS
+    from keras_apm.utils.hyperparameters import check_flags
+
+    if not args.ttt or args.teacher is None:
+        raise ValueError("--ttt and --teacher go together (on-device TTT).")
+    if args.format != "tflite":
+        raise ValueError(
+            f"--ttt writes a LiteRT file: pass --format tflite. Received "
+            f"--format {args.format}."
+        )
+    if args.quantization not in TTT_QUANTIZATIONS or args.representative_data:
+        raise ValueError(
+            "--ttt takes --quantization float16 or none (the adapted weights "
+            f"stay float32). Received --quantization {args.quantization}."
+        )
+    check_flags(
+        args,
+        steps=dict(low=1, integer=True),
+        learning_rate=dict(low=0, low_open=True),
+        locations_per_step=dict(low=1, integer=True),
+        seed=dict(low=0, integer=True),
+    )
+    check_target(args.output, "tflite", args.overwrite)
+    from keras_apm.export.ttt_litert import export_ttt
+
+    classifier = None
+    if args.class_embeddings is not None:
+        import numpy as np
+
+        from keras_apm.ttt import EmbeddingClassifier
+
+        classifier = EmbeddingClassifier(np.load(args.class_embeddings))
+    export_ttt(
+        args.teacher,
+        args.output,
+        student=args.preset,
+        classifier=classifier,
+        recipe=args.recipe,
+        steps=args.steps,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        locations_per_step=args.locations_per_step,
+        quantization=args.quantization,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"Wrote on-device TTT tflite ({args.quantization or 'float32'}) of "
+        f"teacher {args.teacher} to {args.output} "
+        f"({_size(args.output) / 1e6:.1f} MB)."
     )
     return 0
 

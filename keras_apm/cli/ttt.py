@@ -56,6 +56,18 @@ def add_parser(subparsers):
         "--overwrite", action="store_true", help="replace an existing --output"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--tflite", default=None,
+        help="run TTT through this on-device file (keras-apm export --ttt) "
+        "with the LiteRT interpreter; --teacher names its teacher",
+    )  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, default=None, help="LiteRT threads (with --tflite)"
+    )
+    parser.add_argument(
+        "--locations-per-step", type=int, default=None,
+        help="grid locations each step trains on (default: all)",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -71,6 +83,8 @@ def run(args):
         limit=dict(low=1, integer=True),
         learning_rate=dict(low=0, low_open=True),
         seed=dict(low=0, integer=True),
+        threads=dict(low=1, integer=True),
+        locations_per_step=dict(low=1, integer=True),
     )
     # Claimed (writable, locked, not another run's result) before any work.
     with OutputFile(args.output, overwrite=args.overwrite):
@@ -91,6 +105,10 @@ def _run(args):
     if args.corruption is None and args.severity is not None:
         raise ValueError("--severity needs --corruption.")
     severity = 5 if args.severity is None else args.severity
+    if args.tflite is not None:
+        return _run_litert(args, severity)
+    if args.threads is not None:
+        raise ValueError("--threads sets LiteRT's threads: it needs --tflite.")
     teacher = load_teacher(args.teacher)
     class_names = dataset_class_names(args.dataset, args.data_dir)
     embeddings = None
@@ -114,6 +132,7 @@ def _run(args):
         seed=args.seed,
         recipe=args.recipe,
         batch_size=args.batch_size,
+        locations_per_step=args.locations_per_step,
     )
     dataset = ttt_dataset(
         args.dataset,
@@ -150,5 +169,61 @@ def _run(args):
         f"APM-TTT {percent(record['accuracy_apm'])}, agreement "
         f"{percent(record['agreement'])}, {record['seconds_per_image']:.4f} s/image "
         f"-> {args.output}"
+    )
+    return 0
+
+
+def _run_litert(args, severity):
+    """`keras-apm ttt --tflite FILE`: the same run through a LiteRT file."""
+    from keras_apm.export.ttt_runtime import LiteRTTestTimeTrainer
+    from keras_apm.ttt.evaluation import evaluate
+    from keras_apm.ttt.evaluation import ttt_dataset
+    from keras_apm.utils.files import write_json
+
+    fixed = [
+        flag
+        for flag, value in (
+            ("--student", args.student), ("--recipe", args.recipe),
+            ("--optimizer", args.optimizer), ("--learning-rate", args.learning_rate),
+            ("--loss", args.loss), ("--class-embeddings", args.class_embeddings),
+            ("--templates", args.templates),
+            ("--locations-per-step", args.locations_per_step),
+        )
+        if value is not None
+    ]  # fmt: skip
+    if fixed:
+        raise ValueError(
+            f"{', '.join(fixed)}: fixed in the --tflite file {args.tflite!r} "
+            "(set them with `keras-apm export --ttt`); drop them here."
+        )
+    trainer = LiteRTTestTimeTrainer(
+        args.tflite, num_threads=args.threads, steps=args.steps
+    )
+    dataset = ttt_dataset(
+        args.dataset,
+        args.split,
+        image_size=trainer.image_shape[:2],
+        batch_size=args.batch_size,
+        corruption=args.corruption,
+        severity=severity,
+        seed=args.seed,
+        limit=args.limit,
+        data_dir=args.data_dir,
+    )
+    settings = {
+        "teacher": args.teacher,
+        "dataset": args.dataset,
+        "split": args.split,
+        "corruption": args.corruption,
+        "severity": severity if args.corruption else None,
+        "limit": args.limit,
+    }
+    verbose = 0 if args.quiet else 1
+    record = evaluate(trainer, dataset, verbose=verbose, settings=settings)
+    write_json(args.output, record, indent=1)
+    print(
+        f"{record['num_images']} images through {args.tflite} (LiteRT): "
+        f"agreement {100 * record['agreement']:.2f}%, "
+        f"{record['seconds_per_image']:.4f} s/image -> {args.output}"
     )
     return 0

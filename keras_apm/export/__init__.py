@@ -22,5 +22,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
     apm_export: VARIANTS export export_variants
     checks: FORMATS QUANTIZATIONS SIGNATURES
     runtime: ExportedAPM load
+    ttt_litert: TTT_SIGNATURES export_ttt
+    ttt_runtime: LiteRTTestTimeTrainer
 """,
 )

@@ -45,11 +45,14 @@ WATCH_INTERVAL_S = 0.5
 UNWIND_GRACE_S = 30.0
 
 
-def run_in_subprocess(preset_dir, jobs, representative_data=None, imports=()):
+def run_in_subprocess(preset_dir, jobs, representative_data=None, imports=(),
+                      module=MODULE):
     """Runs `export_jobs` on the preset at `preset_dir` in a subprocess.
 
     `imports`: modules (imported in this process) that the child imports
-    first, found on the same path as here.
+    first, found on the same path as here. `module` is the child's entry
+    point: this module, or another that takes the same arguments
+    (`keras_apm.export.ttt_litert` for on-device TTT).
 
     Example:
     ```python
@@ -65,14 +68,14 @@ def run_in_subprocess(preset_dir, jobs, representative_data=None, imports=()):
         with open(jobs_file, "w", encoding="utf-8") as f:
             json.dump(jobs, f)
         command = [
-            sys.executable, "-m", MODULE, "--preset", preset_dir,
+            sys.executable, "-m", module, "--preset", preset_dir,
             "--jobs", jobs_file, "--error-file", error_file,
             "--parent-pid", str(os.getpid()),
         ]  # fmt: skip
         folders = []
-        for module in imports:
-            command += ["--import", module]
-            folder = _module_root(module)
+        for name in imports:
+            command += ["--import", name]
+            folder = _module_root(name)
             if folder not in folders:
                 folders.append(folder)
         if representative_data is not None:

@@ -9,6 +9,14 @@ from keras_apm.layers.output_spec import output_spec
 from keras_apm.layers.position_encoding import grid_position_codes
 
 
+def _swap_axes(x, a, b):
+    # ops.transpose with a full permutation: it also takes the variables
+    # that compiled TTT steps pass (ops.moveaxis reads `x.ndim`).
+    perm = list(range(len(x.shape)))
+    perm[a], perm[b] = perm[b], perm[a]
+    return ops.transpose(x, perm)
+
+
 @keras.saving.register_keras_serializable(package="keras_apm")
 class AttentionPoolHead(keras.layers.Layer):
     """One learned query attends over the feature grid -> one global vector.
@@ -79,7 +87,7 @@ class AttentionPoolHead(keras.layers.Layer):
             "output_bias": attention.output_dense.bias,
         }
 
-    def call_with_weights(self, weights, features):
+    def call_with_weights(self, weights, features, codes=None):
         """The global vectors from explicit weights.
 
         Multi-head attention of one query, folded: location l's score in
@@ -92,24 +100,43 @@ class AttentionPoolHead(keras.layers.Layer):
         Args:
             weights: `explicit_weights()`'s structure; each weight may carry
                 a leading per-image axis `B` (one head per image).
-            features: `(B, h, w, D)` in the compute dtype.
+            features: `(B, h, w, D)` in the compute dtype; or `(B, L, D)`
+                at L locations of the grid, given with their `codes`.
+            codes: `None` (the whole grid), or the `(L, D)` position codes
+                of the L locations that `features` answer (test-time
+                training on a subset of the grid pools over that subset).
 
         Returns:
             `(B, D)` global vectors.
         """
-        h, w, dim = features.shape[1], features.shape[2], features.shape[3]
         dtype = features.dtype
         weights = {k: ops.cast(v, dtype) for k, v in weights.items()}
-        codes = grid_position_codes((h, w), dim)
-        keys = ops.reshape(features, (-1, h * w, dim)) + ops.cast(codes, dtype)
+        if codes is None:
+            h, w, dim = features.shape[1], features.shape[2], features.shape[3]
+            codes = grid_position_codes((h, w), dim)
+            features = ops.reshape(features, (-1, h * w, dim))
+        keys = features + ops.cast(codes, dtype)
         # "..." is the per-image axis of stacked weights (empty otherwise).
-        query = ops.einsum(
-            "...d,...dhk->...hk", weights["query"], weights["query_kernel"]
-        )
+        # Every contraction is a (batched) matmul: the same sums as the
+        # einsums they stand for, and LiteRT's converter lowers matmuls and
+        # their gradients to builtin ops where it mislowers some einsum
+        # gradients with stacked weights (on-device TTT exports this head).
+        query_kernel = weights["query_kernel"]
+        dim, heads, key_dim = query_kernel.shape[-3:]
+        lead = tuple(query_kernel.shape[:-3])
+        query = ops.matmul(
+            ops.expand_dims(weights["query"], -2),
+            ops.reshape(query_kernel, lead + (dim, heads * key_dim)),
+        )  # (..., 1, heads * key_dim)
+        query = ops.reshape(query, lead + (heads, key_dim))
         query = query + weights["query_bias"]
-        key_dim = query.shape[-1]
         query = query * ops.cast(1.0 / math.sqrt(key_dim), dtype)
-        folded = ops.einsum("...dhk,...hk->...dh", weights["key_kernel"], query)
+        # folded[..., d, h] = sum_k key_kernel[..., d, h, k] query[..., h, k]
+        folded = ops.matmul(
+            _swap_axes(weights["key_kernel"], -2, -3),  # (..., h, d, k)
+            ops.expand_dims(query, -1),
+        )  # (..., h, d, 1)
+        folded = _swap_axes(ops.squeeze(folded, -1), -1, -2)  # (..., d, h)
         # The key bias adds one number per head to every location's score,
         # which the softmax cancels; it is kept so that the gradient (zero
         # up to rounding) reaches it as in Keras' attention.
@@ -117,10 +144,20 @@ class AttentionPoolHead(keras.layers.Layer):
         scores = ops.matmul(keys, folded) + ops.expand_dims(offset, -2)
         # The softmax in float32 whatever the policy (as cheap as it gets).
         attention = ops.softmax(ops.cast(scores, "float32"), axis=1)
-        pooled = ops.einsum("blh,bld->bhd", ops.cast(attention, dtype), keys)
-        values = ops.einsum("...hd,...dhk->...hk", pooled, weights["value_kernel"])
-        values = values + weights["value_bias"]
-        out = ops.einsum("...hk,...hke->...e", values, weights["output_kernel"])
+        pooled = ops.matmul(
+            _swap_axes(ops.cast(attention, dtype), 1, 2), keys
+        )  # (B, h, D)
+        values = ops.matmul(
+            ops.expand_dims(pooled, -2),  # (B, h, 1, D)
+            _swap_axes(weights["value_kernel"], -2, -3),  # (..., h, D, k)
+        )
+        values = ops.squeeze(values, -2) + weights["value_bias"]  # (B, h, k)
+        kernel = weights["output_kernel"]
+        kernel = ops.reshape(
+            kernel, lead + (heads * key_dim, kernel.shape[-1])
+        )
+        values = ops.reshape(values, (-1, 1, heads * key_dim))
+        out = ops.squeeze(ops.matmul(values, kernel), -2)
         return out + weights["output_bias"]
 
     def call(self, features):

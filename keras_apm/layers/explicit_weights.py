@@ -7,6 +7,7 @@ leading axis `B` is *stacked*: image `b` of the activations meets only
 `weight[b]`.
 """
 
+import numpy as np
 from keras import ops
 
 from keras_apm.backend import fused_ops
@@ -81,17 +82,19 @@ def split_dense(weights, parts, activation=None):
     dtype = parts[0].dtype
     kernel = ops.cast(weights["kernel"], dtype)
     ndim = max(len(x.shape) for x in parts)
-    terms, start = [], 0
-    for x in parts:
-        width = x.shape[-1]
+    # The kernel's row blocks by a split and new axes by expand_dims, not
+    # by slicing: their gradients (concatenate, reshape) are builtin LiteRT
+    # ops, a slice's (StridedSliceGrad) is not (on-device TTT).
+    bounds = list(np.cumsum([x.shape[-1] for x in parts[:-1]]))
+    pieces = ops.split(kernel, bounds, axis=-2) if bounds else [kernel]
+    terms = []
+    for x, piece in zip(parts, pieces):
         # Every term of one rank: with a `(L, w)` term next to `(B, 1, w)`,
         # TensorFlow's CPU graph rewrite fuses the matmul and the add into
         # one op that loses the broadcast axis (wrong gradient shapes).
         while len(x.shape) < ndim:
-            x = x[None]
-        piece = kernel[..., start : start + width, :]
+            x = ops.expand_dims(x, 0)
         terms.append(ops.matmul(x, per_image(piece, 2, len(x.shape))))
-        start += width
     bias = per_image(ops.cast(weights["bias"], dtype), 1, ndim)
     # One broadcast sum and activation (in place where a backend can).
     return fused_ops.add_activation(terms + [bias], activation)

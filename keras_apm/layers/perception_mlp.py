@@ -185,7 +185,9 @@ class PerceptionMLP(keras.layers.Layer):
         """
         # [T ; PE] @ K: the T share once per image, the PE share once per
         # location (for every image when the weights are stacked).
-        parts = [trigger[:, None, :], codes]
+        # expand_dims, not `[:, None, :]`: its gradient is a reshape, where
+        # a strided slice's is StridedSliceGrad (no LiteRT builtin).
+        parts = [ops.expand_dims(trigger, 1), codes]
         x = split_dense(weights["trunk"][0], parts, self.trunk[0].activation)
         for layer, layer_weights in zip(self.trunk[1:], weights["trunk"][1:]):
             x = dense(layer_weights, x, layer.activation)

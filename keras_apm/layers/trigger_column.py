@@ -87,8 +87,16 @@ class TriggerColumn(keras.layers.Layer):
             patches = ops.reshape(
                 images, (-1, height // p, p, width // p, p, channels)
             )
-            x = ops.einsum("byixjc,bijco->byxo", patches, kernel)
-            x = x + bias[:, None, None, :]
+            # (B, h * w, p * p * C) @ (B, p * p * C, c): a matmul, whose
+            # gradient LiteRT runs with builtin ops (on-device TTT).
+            h, w = height // p, width // p
+            patches = ops.reshape(
+                ops.transpose(patches, (0, 1, 3, 2, 4, 5)),
+                (-1, h * w, p * p * channels),
+            )
+            kernel = ops.reshape(kernel, (-1, p * p * channels, self.channels))
+            x = ops.matmul(patches, kernel) + ops.expand_dims(bias, 1)
+            x = ops.reshape(x, (-1, h, w, self.channels))
         # A static width keeps the trigger's shape known to later layers
         # (and to exporters); -1 only when the image size is dynamic.
         h, w = x.shape[1], x.shape[2]

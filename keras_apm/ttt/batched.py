@@ -28,6 +28,8 @@ from keras_apm.models.apm.apm_outputs import FEATURES
 from keras_apm.models.apm.apm_outputs import GLOBAL
 from keras_apm.models.apm.apm_outputs import RGB
 from keras_apm.ttt import recipes
+from keras_apm.ttt.subsets import check_locations_per_step
+from keras_apm.ttt.subsets import step_indices
 
 LOSSES = recipes.LOSSES
 
@@ -69,7 +71,7 @@ def student_weights(model, with_rgb=False):
     return model.explicit_weights(outputs=ttt_outputs(with_rgb))
 
 
-def batched_forward(model, params, images):
+def batched_forward(model, params, images, indices=None):
     """The APM's forward pass with one set of weights per image.
 
     Equal to calling `model` with weights `params[...][b]` on `images[b]`
@@ -81,14 +83,37 @@ def batched_forward(model, params, images):
             are not read).
         params: `student_weights(model)`'s tree of `(B, ...)` tensors.
         images: `(B, H, W, C)` float32 student inputs (preprocessed).
+        indices: `None` (the whole grid) or `(L,)` int row-major indices of
+            the grid locations to answer; the global vector then pools
+            those L locations only (`keras_apm.ttt.subsets`), and
+            `"features"` / `"rgb"` are `(B, L, D)` / `(B, L, 3)`.
 
     Returns:
         dict with `"global"` `(B, D)`, `"features"` `(B, h, w, D)` and,
         when `params` hold the RGB head, `"rgb"` `(B, h, w, 3)`.
     """
+    if indices is not None:
+        return _subset_forward(model, params, images, indices)
     # All locations in one call: the step is compiled, chunks would not
     # lower the memory that the gradient needs.
     return model.call_with_weights(params, images, chunk_size=None)
+
+
+def _subset_forward(model, params, images, indices):
+    """`batched_forward` at the grid locations `indices` only."""
+    from keras_apm.layers.position_encoding import grid_locations
+    from keras_apm.layers.position_encoding import grid_position_codes
+
+    trigger = model.column.call_with_weights(params["column"], images)
+    locations = ops.take(grid_locations(model.grid_shape), indices, axis=0)
+    answers = model.field.call_with_weights(
+        params["field"], trigger, locations=locations, chunk_size=None
+    )
+    features = answers[FEATURES]
+    codes = grid_position_codes(tuple(model.grid_shape), features.shape[-1])
+    codes = ops.take(ops.convert_to_tensor(codes), indices, axis=0)
+    pooled = model.global_pool.call_with_weights(params["global"], features, codes)
+    return dict(answers, **{GLOBAL: pooled})
 
 
 def global_loss(prediction, target, loss):
@@ -123,6 +148,10 @@ class BatchedTTT:
         rgb_weight: weight of the RGB MSE term (needs an RGB head).
         jit_compile: compile the step (`jax.jit`, XLA `tf.function`;
             torch runs eagerly).
+        locations_per_step: `None` (every step trains on the whole grid)
+            or an int: each step trains on that many grid locations
+            (`keras_apm.ttt.subsets.step_indices`, drawn from `seed`).
+        seed: int, seeds the subsets.
 
     Example:
     ```python
@@ -141,6 +170,8 @@ class BatchedTTT:
         grid_weight=0.0,
         rgb_weight=0.0,
         jit_compile=True,
+        locations_per_step=None,
+        seed=0,
     ):
         if (
             isinstance(steps, bool)
@@ -164,6 +195,17 @@ class BatchedTTT:
         self.grid_weight = float(grid_weight)
         self.rgb_weight = float(rgb_weight)
         self.jit_compile = bool(jit_compile)
+        self.locations_per_step = check_locations_per_step(
+            locations_per_step, student.grid_shape
+        )
+        self._indices = None
+        if self.locations_per_step is not None:
+            self._indices = [
+                ops.convert_to_tensor(i)
+                for i in step_indices(
+                    student.grid_shape, self.locations_per_step, self.steps, seed
+                )
+            ]
         # The layout comes from the student's layers; the values are copied
         # now (float32, whatever the student's policy).
         self._layout = student_weights(student, with_rgb=self.rgb_weight > 0)
@@ -244,11 +286,13 @@ class BatchedTTT:
         if self.grid_weight > 0:
             if grid is None:
                 raise ValueError("`grid_weight > 0` needs grid targets.")
-            batch[FEATURES] = _check(grid, (batch_size, h, w, dim), "grid")
+            grid = _check(grid, (batch_size, h, w, dim), "grid")
+            batch[FEATURES] = ops.reshape(grid, (batch_size, h * w, dim))
         if self.rgb_weight > 0:
             if rgb is None:
                 raise ValueError("`rgb_weight > 0` needs RGB targets.")
-            batch[RGB] = _check(rgb, (batch_size, h, w, 3), "rgb")
+            rgb = _check(rgb, (batch_size, h, w, 3), "rgb")
+            batch[RGB] = ops.reshape(rgb, (batch_size, h * w, 3))
         if self._built_batch_size != batch_size:
             self._build(batch_size)
         # A fresh start for every image: initial weights, zero moments,
@@ -259,7 +303,11 @@ class BatchedTTT:
             variable.assign(
                 ops.zeros(variable.shape, variable.dtype) if value is None else value
             )
-        losses = [self._step(batch) for _ in range(self.steps)]
+        losses = []
+        for step in range(self.steps):
+            if self._indices is not None:
+                batch["indices"] = self._indices[step]
+            losses.append(self._step(batch))
         values = [v.value for v in self._variables]
         return {
             GLOBAL: self._forward(values, images),
@@ -268,13 +316,21 @@ class BatchedTTT:
 
 
 def _per_image_loss(model, params, batch, loss, grid_weight, rgb_weight):
-    out = batched_forward(model, params, batch["images"])
+    indices = batch.get("indices")
+    out = batched_forward(model, params, batch["images"], indices)
     value = global_loss(out[GLOBAL], batch["target"], loss)
-    # MSE terms on the grids, keyed by output (targets of the same shape).
+    # MSE terms on the grids, keyed by output. The targets are `(B, h*w, C)`
+    # rows, taken at the step's locations when it trains on a subset.
     for key, weight in ((FEATURES, grid_weight), (RGB, rgb_weight)):
         if weight > 0:
+            target = batch[key]
+            if indices is None:
+                prediction = ops.reshape(out[key], (-1,) + tuple(target.shape[1:]))
+            else:
+                prediction = out[key]
+                target = ops.take(target, indices, axis=1)
             value = value + weight * ops.mean(
-                ops.square(out[key] - batch[key]), axis=(1, 2, 3)
+                ops.square(prediction - target), axis=(1, 2)
             )
     return value
 

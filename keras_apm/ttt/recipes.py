@@ -44,6 +44,7 @@ RECIPES = {
         "learning_rate": 3e-3,
         "loss": "mse",
         "init": "keras",
+        "locations_per_step": None,
     },
     # The official release: Adam 1e-4 with x0.1 every 200 steps, MSE, every
     # weight (biases too) re-drawn from N(0, 0.01). 20 steps is the count of
@@ -54,6 +55,7 @@ RECIPES = {
         "learning_rate": official_learning_rate,
         "loss": "mse",
         "init": "normal",
+        "locations_per_step": None,
     },
 }
 

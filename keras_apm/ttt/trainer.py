@@ -76,6 +76,11 @@ class TestTimeTrainer:
         preprocessor: callable raw images -> student inputs; default the
             preset's image converter, else resize + ImageNet mean/std.
         jit_compile: compile the steps (JAX, TensorFlow).
+        locations_per_step: `None` (the recipe's: every step trains on the
+            whole grid) or an int `n`: each step regresses the global
+            vector pooled over `n` random grid locations (drawn from
+            `seed`, the same for every image; `keras_apm.ttt.subsets`),
+            `h * w / n` times less MLP work per step. Batched engine only.
 
     Example:
     ```python
@@ -105,8 +110,11 @@ class TestTimeTrainer:
         batch_size=32,
         preprocessor=None,
         jit_compile=True,
+        locations_per_step=None,
     ):
         settings = recipes.recipe_settings(recipe)
+        if locations_per_step is None:
+            locations_per_step = settings["locations_per_step"]
         if optimizer is None:
             optimizer = settings["optimizer"]
             learning_rate = (
@@ -170,8 +178,17 @@ class TestTimeTrainer:
         self.jit_compile = bool(jit_compile)
         self.loss = loss
         self.engine = BatchedTTT(
-            model, steps, self.optimizer, loss, grid_weight, rgb_weight, jit_compile
+            model,
+            steps,
+            self.optimizer,
+            loss,
+            grid_weight,
+            rgb_weight,
+            jit_compile,
+            locations_per_step=locations_per_step,
+            seed=seed,
         )
+        self.locations_per_step = self.engine.locations_per_step
         self.steps = self.engine.steps
         self.grid_weight = self.engine.grid_weight
         self.rgb_weight = self.engine.rgb_weight
@@ -191,6 +208,7 @@ class TestTimeTrainer:
                 "init": self.init,
                 "init_std": self.init_std if self.init == "normal" else None,
                 "batch_size": self.batch_size,
+                "locations_per_step": self.locations_per_step,
                 "student": self.student.get_config(),
                 "student_preset": self.student_preset,
                 "classifier": self.classifier.get_config(),
@@ -222,6 +240,12 @@ class TestTimeTrainer:
         """
         if engine not in ENGINES:
             raise ValueError(f"`engine` must be one of {ENGINES}. Received {engine!r}")
+        if engine == "per_image" and self.locations_per_step is not None:
+            raise ValueError(
+                "`engine='per_image'` (Keras' train_on_batch) trains on the "
+                "whole grid; use the batched engine with "
+                f"locations_per_step={self.locations_per_step}."
+            )
         images = _check_raw_images(images)
         batch_size = self.batch_size if batch_size is None else batch_size
         check_number(batch_size, "`batch_size`", low=1, integer=True)
