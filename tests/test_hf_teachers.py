@@ -286,7 +286,8 @@ def test_distill_cli_from_hf_teacher(checkpoints, tmp_path):
     assert code == 0
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = json.load(f)
-    assert np.isfinite(metrics["history"]["loss"][-1])
+    assert np.isfinite(metrics["validation"]["grid_loss"])
+    assert -1 <= metrics["validation"]["grid_cosine"] <= 1
 
 
 def test_ttt_cli_zero_shot_with_hf_clip(checkpoints, tmp_path):
