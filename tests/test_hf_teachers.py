@@ -78,14 +78,10 @@ def _build(kind, folder):
             else transformers.Dinov2WithRegistersConfig
         )
         extra = {} if kind == "dinov2" else {"num_register_tokens": 4}
-        # With registers: trained at 42px, used at the processor's 28px
-        # crop, so both models interpolate the position embeddings. Plain
-        # DINOv2 interpolates without antialiasing, which keras-hub does
-        # with the backend's bicubic (off Hugging Face's torch bicubic on
-        # JAX and TensorFlow, docs/teachers.md): used at its own size.
-        size = 28 if kind == "dinov2" else 42
+        # Trained at 42px, used at the processor's 28px crop: both
+        # interpolate the position embeddings.
         config = config_cls(
-            image_size=size, patch_size=7, mlp_ratio=2, **COMMON, **extra
+            image_size=42, patch_size=7, mlp_ratio=2, **COMMON, **extra
         )
         model = transformers.AutoModel.from_config(config)
         processor = _processor(

@@ -28,7 +28,9 @@ teacher = keras_apm.teachers.Teacher.from_preset("hf://facebook/dinov2-small")
 import json
 import os
 
+import keras
 import keras_hub
+import numpy as np
 
 from keras_apm.teachers.hf_image_converter import HFImageConverter
 from keras_apm.utils import keras_hub_compat
@@ -140,15 +142,77 @@ def load_model(preset, config, image_size, load_weights=True, **kwargs):
     if kind in DINOV2_TYPES:
         # DINOv2 interpolates its position embeddings to the processor's
         # crop (as the Hugging Face model does on any input size).
-        return keras_hub.models.DINOV2Backbone.from_preset(
+        backbone = keras_hub.models.DINOV2Backbone.from_preset(
             preset,
             load_weights=load_weights,
             image_shape=(height, width, 3),
             **kwargs,
         )
+        if kind == "dinov2":
+            _interpolate_like_torch(backbone)
+        return backbone
     if kind == "vit":
         return _load_vit(preset, config, image_size, load_weights, **kwargs)
     return load_clip_backbone(preset, config, image_size, load_weights, **kwargs)
+
+
+def torch_bicubic_matrix(in_size, out_size):
+    """`(out, in)` matrix of PyTorch's bicubic resize along one axis.
+
+    `torch.nn.functional.interpolate(mode="bicubic", align_corners=False)`
+    with a `size` and no antialiasing: Keys' cubic with `a = -0.75`, source
+    position `(i + 0.5) * in / out - 0.5`, edge indices clamped.
+    """
+    a = -0.75
+    scale = in_size / out_size
+    matrix = np.zeros((out_size, in_size), "float64")
+    for i in range(out_size):
+        source = (i + 0.5) * scale - 0.5
+        start = int(np.floor(source))
+        t = source - start
+        weights = (
+            ((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a,
+            ((a + 2) * t - (a + 3)) * t * t + 1,
+            ((a + 2) * (1 - t) - (a + 3)) * (1 - t) * (1 - t) + 1,
+            ((a * (2 - t) - 5 * a) * (2 - t) + 8 * a) * (2 - t) - 4 * a,
+        )
+        for offset, weight in zip((-1, 0, 1, 2), weights):
+            matrix[i, min(max(start + offset, 0), in_size - 1)] += weight
+    return matrix
+
+
+def _interpolate_like_torch(backbone):
+    """Sets a DINOv2's interpolated position embeddings as PyTorch does.
+
+    WORKAROUND, delete when keras-hub interpolates like PyTorch on every
+    backend: keras-hub's `DINOV2Embedding` interpolates the position
+    embeddings (plain DINOv2: bicubic, no antialiasing) with the backend's
+    `ops.image.resize`, whose bicubic on JAX and TensorFlow (`a = -0.5`) is
+    not PyTorch's (`a = -0.75`, what Hugging Face runs): 1e-2 relative off
+    Hugging Face on JAX for a tiny random model. No upstream issue is
+    known. The interpolation depends on the weights only, so it is redone
+    here once, in NumPy, exactly as PyTorch computes it.
+    """
+    embedding = backbone.embeddings
+    source = embedding.position_embedding_shape
+    target = embedding.image_shape[:2]
+    if tuple(source) == tuple(target):
+        return
+    patch = embedding.patch_size
+    table = np.asarray(
+        keras.ops.convert_to_numpy(embedding.position_embeddings), "float64"
+    )
+    side = int(round((table.shape[1] - 1) ** 0.5))
+    grid = table[0, 1:].reshape(side, side, -1)
+    rows = torch_bicubic_matrix(side, target[0] // patch)
+    cols = torch_bicubic_matrix(side, target[1] // patch)
+    grid = np.einsum("ij,jkc,lk->ilc", rows, grid, cols)
+    result = np.concatenate(
+        [table[:, :1], grid.reshape(1, -1, table.shape[-1])], axis=1
+    )
+    embedding.interpolated_position_embeddings.assign(
+        result.astype(embedding.interpolated_position_embeddings.dtype)
+    )
 
 
 def _check_size(preset, config, image_size, model_size):
