@@ -197,6 +197,22 @@ def test_teacher_equals_hugging_face(checkpoints, kind):
         assert max(errors.values()) <= 1e-5, (kind, errors)
 
 
+@pytest.mark.parametrize("kind", ["dinov2", "clip"])
+def test_hf_teacher_config_round_trip(checkpoints, kind):
+    # The Hugging Face preprocessing and the PyTorch-interpolated DINOv2
+    # position embeddings survive `get_config` / `from_config` + weights.
+    teacher = Teacher.from_preset(checkpoints[kind][0])
+    restored = type(teacher).from_config(teacher.get_config())
+    restored.set_weights(teacher.get_weights())
+    assert isinstance(restored.converter, HFImageConverter)
+    images = np.random.RandomState(3).randint(0, 256, (1, 50, 41, 3))
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(restored(images)["grid"]),
+        ops.convert_to_numpy(teacher(images)["grid"]),
+        atol=1e-6,
+    )
+
+
 def test_vit_layer_norm_epsilon_is_the_checkpoints(checkpoints):
     folder = checkpoints["vit"][0]
     teacher = Teacher.from_preset(folder)

@@ -142,15 +142,17 @@ def load_model(preset, config, image_size, load_weights=True, **kwargs):
     if kind in DINOV2_TYPES:
         # DINOv2 interpolates its position embeddings to the processor's
         # crop (as the Hugging Face model does on any input size).
-        backbone = keras_hub.models.DINOV2Backbone.from_preset(
+        if kind == "dinov2":
+            native = keras_hub.models.DINOV2Backbone.from_preset(
+                preset, load_weights=load_weights, **kwargs
+            )
+            return _interpolate_like_torch(native, (height, width))
+        return keras_hub.models.DINOV2Backbone.from_preset(
             preset,
             load_weights=load_weights,
             image_shape=(height, width, 3),
             **kwargs,
         )
-        if kind == "dinov2":
-            _interpolate_like_torch(backbone)
-        return backbone
     if kind == "vit":
         return _load_vit(preset, config, image_size, load_weights, **kwargs)
     return load_clip_backbone(preset, config, image_size, load_weights, **kwargs)
@@ -181,8 +183,8 @@ def torch_bicubic_matrix(in_size, out_size):
     return matrix
 
 
-def _interpolate_like_torch(backbone):
-    """Sets a DINOv2's interpolated position embeddings as PyTorch does.
+def _interpolate_like_torch(native, image_size):
+    """A DINOv2 backbone for `image_size`, interpolated as PyTorch does.
 
     WORKAROUND, delete when keras-hub interpolates like PyTorch on every
     backend: keras-hub's `DINOV2Embedding` interpolates the position
@@ -190,29 +192,46 @@ def _interpolate_like_torch(backbone):
     `ops.image.resize`, whose bicubic on JAX and TensorFlow (`a = -0.5`) is
     not PyTorch's (`a = -0.75`, what Hugging Face runs): 1e-2 relative off
     Hugging Face on JAX for a tiny random model. No upstream issue is
-    known. The interpolation depends on the weights only, so it is redone
-    here once, in NumPy, exactly as PyTorch computes it.
+    known. The interpolation depends on the weights only, so it is done
+    once here, in NumPy, as PyTorch computes it, and the backbone is built
+    at `image_size` with those embeddings as its own (no interpolation left
+    in keras-hub, so saving and reloading keep them exactly).
+
+    Args:
+        native: a `DINOV2Backbone` at the checkpoint's `image_size`.
+        image_size: `(H, W)` the teacher's images have.
     """
-    embedding = backbone.embeddings
-    source = embedding.position_embedding_shape
-    target = embedding.image_shape[:2]
-    if tuple(source) == tuple(target):
-        return
+    embedding = native.embeddings
+    if tuple(embedding.position_embedding_shape) == tuple(image_size):
+        return native
     patch = embedding.patch_size
     table = np.asarray(
         keras.ops.convert_to_numpy(embedding.position_embeddings), "float64"
     )
     side = int(round((table.shape[1] - 1) ** 0.5))
     grid = table[0, 1:].reshape(side, side, -1)
-    rows = torch_bicubic_matrix(side, target[0] // patch)
-    cols = torch_bicubic_matrix(side, target[1] // patch)
+    rows = torch_bicubic_matrix(side, image_size[0] // patch)
+    cols = torch_bicubic_matrix(side, image_size[1] // patch)
     grid = np.einsum("ij,jkc,lk->ilc", rows, grid, cols)
-    result = np.concatenate(
+    table = np.concatenate(
         [table[:, :1], grid.reshape(1, -1, table.shape[-1])], axis=1
     )
-    embedding.interpolated_position_embeddings.assign(
-        result.astype(embedding.interpolated_position_embeddings.dtype)
+    config = native.get_config()
+    config.update(
+        image_shape=(image_size[0], image_size[1], 3),
+        position_embedding_shape=tuple(image_size),
     )
+    backbone = type(native).from_config(config)
+    resized = {
+        id(backbone.embeddings.position_embeddings),
+        id(backbone.embeddings.interpolated_position_embeddings),
+    }
+    for source, target in zip(native.weights, backbone.weights):
+        if id(target) in resized:
+            target.assign(table.astype(target.dtype))
+        else:
+            target.assign(source)
+    return backbone
 
 
 def _check_size(preset, config, image_size, model_size):
