@@ -558,7 +558,10 @@ class Teacher(keras.layers.Layer):
         `CLIPBackbone` or `CLIPVisionEncoder` -> `CLIPTeacher`. A preset
         saved from a task whose head a teacher reads (e.g. a
         `ViTImageClassifier`, with a `task.json`) loads as that task, head
-        included; otherwise its backbone is loaded. On a subclass
+        included; otherwise its backbone is loaded. A Hugging Face
+        checkpoint (`hf://` handle or `save_pretrained` folder: DINOv2,
+        ViT, CLIP) loads through `hf_checkpoints`, with its own
+        `preprocessor_config.json` preprocessing. On a subclass
         (`ViTTeacher.from_preset`) only that class is considered. The
         preset's image converter (if any) sets the normalisation.
 
@@ -575,6 +578,18 @@ class Teacher(keras.layers.Layer):
         >>> teacher.grid_shape, teacher.feature_dim, teacher.global_dim
         ((16, 16), 1024, 768)
         """
+        from keras_apm.teachers import hf_checkpoints
+
+        if hf_checkpoints.is_hf_checkpoint(preset):
+            return hf_checkpoints.teacher_from_checkpoint(
+                cls,
+                preset,
+                layers=layers,
+                resize_to_grid=resize_to_grid,
+                normalize_levels=normalize_levels,
+                load_weights=load_weights,
+                **kwargs,
+            )
         task_cls = teacher_utils.preset_task_class(preset)
         backbone_cls = teacher_utils.preset_backbone_class(preset)
         teacher_cls = None

@@ -242,9 +242,15 @@ class CLIPZeroShotClassifier(EmbeddingClassifier):
         """Loads the `CLIPBackbone` and `CLIPTokenizer` of a keras-hub preset."""
         import keras_hub
 
-        backbone = keras_hub.models.CLIPBackbone.from_preset(preset, **kwargs)
-        tokenizer = keras_hub.tokenizers.CLIPTokenizer.from_preset(preset)
-        return cls(backbone, tokenizer, class_names, templates)
+        from keras_apm.teachers import hf_checkpoints
+
+        if hf_checkpoints.is_hf_checkpoint(preset):
+            backbone = hf_checkpoints.load_clip_backbone(preset, **kwargs)
+        else:
+            backbone = keras_hub.models.CLIPBackbone.from_preset(
+                preset, **kwargs
+            )
+        return cls(backbone, _clip_tokenizer(preset), class_names, templates)
 
     def get_config(self):
         config = super().get_config()
@@ -312,6 +318,17 @@ class LinearHeadClassifier(Classifier):
         return config
 
 
+def _clip_tokenizer(preset):
+    """The `CLIPTokenizer` of a keras-hub preset or Hugging Face checkpoint."""
+    import keras_hub
+
+    from keras_apm.teachers import hf_checkpoints
+
+    if hf_checkpoints.is_hf_checkpoint(preset):
+        return hf_checkpoints.load_clip_tokenizer(preset)
+    return keras_hub.tokenizers.CLIPTokenizer.from_preset(preset)
+
+
 def classifier_for_teacher(
     teacher,
     class_names=None,
@@ -353,7 +370,7 @@ def classifier_for_teacher(
                     "CLIP zero-shot classification needs a `CLIPTokenizer` "
                     "(or the preset to load it from)."
                 )
-            tokenizer = keras_hub.tokenizers.CLIPTokenizer.from_preset(preset)
+            tokenizer = _clip_tokenizer(preset)
         return CLIPZeroShotClassifier(backbone, tokenizer, class_names, templates)
     raise ValueError(
         f"No classifier fits a {type(teacher).__name__} over a "

@@ -28,6 +28,11 @@ Why each name is needed:
   `run_backbone_test`, `run_preset_test`, ...), shipped in the wheel; the
   test suite checks APM against keras-hub's conventions with it. Loaded on
   call only: it needs `grain` and TensorFlow (the `test` extra).
+- `get_file`, `SafetensorLoader`: open a Hugging Face checkpoint's files
+  (`hf://` or a folder) and read its safetensors weights, for the CLIP
+  converter keras-hub lacks (`keras_apm.teachers.convert_hf_clip`,
+  keras-hub #2985). `SafetensorLoader` is imported on first use (it needs
+  `safetensors`, the `hf` extra).
 - `in_tf_function`: whether code runs inside `tf.data` / `tf.function`,
   where the image converter must use TensorFlow ops on any Keras backend
   (keras-hub's own preprocessing layers decide the same way).
@@ -81,3 +86,20 @@ def preset_utils_module():
 def keras_hub_test_case():
     """keras-hub's `TestCase` class (its test harness), for the test suite."""
     return _private("keras_hub.src.tests.test_case", "TestCase")
+
+# Hugging Face checkpoints (keras_apm.teachers.hf_checkpoints): keras-hub's
+# download-or-open of a preset file and its safetensors reader, which the
+# CLIP converter (no keras-hub converter yet, keras-hub #2985) fills the
+# backbone with, as keras-hub's own converters do.
+get_file = _private(_PRESET_UTILS, "get_file")
+
+
+def __getattr__(name):
+    # Imported on use: the safetensors reader imports `safetensors`, an
+    # optional dependency (the `hf` extra).
+    if name == "SafetensorLoader":
+        return _private(
+            "keras_hub.src.utils.transformers.safetensor_utils",
+            "SafetensorLoader",
+        )
+    raise AttributeError(name)
