@@ -28,7 +28,9 @@ LAYERS = (
     ("models",),
     ("convert", "data"),
     ("distill",),
-    ("ttt", "export"),
+    ("ttt",),
+    # On-device TTT files (`export/ttt_litert.py`) are built from `ttt`.
+    ("export",),
     ("visualize",),
     ("apps",),
     ("cli",),

@@ -112,7 +112,7 @@ def run(args):
 def _run_ttt(args):
     from keras_apm.export.checks import check_target
     from keras_apm.export.ttt_litert import TTT_QUANTIZATIONS
-    from keras_apm.utils.hyperparameters import check_flags
+    from keras_apm.utils.validation import check_flags
 
     if not args.ttt or args.teacher is None:
         raise ValueError("--ttt and --teacher go together (on-device TTT).")

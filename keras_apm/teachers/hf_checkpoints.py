@@ -110,7 +110,7 @@ def _check_safetensors():
         ) from None
 
 
-def load_image_converter(preset):
+def load_hf_image_converter(preset):
     """`HFImageConverter` for the checkpoint's `preprocessor_config.json`."""
     config = read_json(preset, PREPROCESSOR_FILE)
     return HFImageConverter.from_preprocessor_config(config)
@@ -359,7 +359,7 @@ def teacher_from_checkpoint(
         )
     config = read_json(preset, CONFIG_FILE)
     model_type(config, preset)
-    converter = load_image_converter(preset)
+    converter = load_hf_image_converter(preset)
     model = load_model(
         preset, config, converter.image_size, load_weights, **kwargs
     )
