@@ -323,12 +323,15 @@ class APM(Backbone):
             trigger = self.trigger_column(images)
         else:
             n = self.grid_shape[0] * self.grid_shape[1] * self.column_channels
+            check_array_like(trigger, "trigger", f"of shape (batch, {n})")
             shape = tuple(trigger.shape)
             if len(shape) != 2 or shape[1] != n:
                 raise ValueError(
                     f"Expected trigger columns of shape (batch, {n}). "
                     f"Received shape {shape}."
                 )
+            # Refused like integer images, on every backend alike.
+            check_float_dtype(trigger, "trigger columns")
         if locations is not None:
             check_locations(locations, self.grid_shape)
             num_locations = static_shape(locations)[0]
