@@ -107,24 +107,27 @@ def check_image_converter_file(directory):
         )
 
 
-def check_local_preset(directory):
-    """Raises a ValueError naming what a local preset directory lacks."""
+def check_local_preset(directory, load_weights=True):
+    """Raises a ValueError naming what a local preset directory lacks.
+
+    The weights file is required only when the weights are to be loaded.
+    """
     if not os.path.isdir(directory):
         raise ValueError(
             f"Preset directory {directory!r} does not exist. Expected a "
             "directory written by `save_to_preset` (or the converter), a "
             "built-in preset name, or a kaggle:// / hf:// handle."
         )
+    needed = (CONFIG_FILE, WEIGHTS_FILE) if load_weights else (CONFIG_FILE,)
     missing = [
-        name
-        for name in (CONFIG_FILE, WEIGHTS_FILE)
-        if not os.path.isfile(os.path.join(directory, name))
+        name for name in needed if not os.path.isfile(os.path.join(directory, name))
     ]
     if missing:
         raise ValueError(
             f"Preset directory {directory!r} is missing {', '.join(missing)}. "
-            f"Expected {CONFIG_FILE} and {WEIGHTS_FILE}; found "
-            f"{sorted(os.listdir(directory))}."
+            f"Expected {' and '.join(needed)}"
+            + ("" if load_weights else " (load_weights=False)")
+            + f"; found {sorted(os.listdir(directory))}."
         )
     path = os.path.join(directory, CONFIG_FILE)
     config = _read_json(path, "model config")
@@ -229,14 +232,20 @@ def load_backbone(cls, keras_hub_from_preset, preset, load_weights, **kwargs):
                 f"{type(e).__name__}: {e}. If this machine is offline, download "
                 "the preset elsewhere and pass its local directory."
             ) from e
-    check_local_preset(handle)
+    check_local_preset(handle, load_weights=load_weights)
     if check_weights:
         names = [CONFIG_FILE] + ([WEIGHTS_FILE] if load_weights else [])
         verify_manifest(handle, names=names)
-    if load_weights:
+    try:
         model = keras_hub_from_preset(handle, load_weights=False, **kwargs)
+    except ValueError as e:
+        # The config's own checks (e.g. a size that cannot fit): name the file.
+        raise ValueError(
+            f"Preset file {os.path.join(handle, CONFIG_FILE)!r} describes a "
+            f"model that cannot be built: {e}"
+        ) from None
+    if load_weights:
         weights = os.path.join(handle, WEIGHTS_FILE)
         check_weights_match(model, weights, check_finite=check_weights)
         model.load_weights(weights)
-        return model
-    return keras_hub_from_preset(handle, load_weights=False, **kwargs)
+    return model
