@@ -1,5 +1,7 @@
 """Base class of the teacher adapters over keras-hub vision transformers."""
 
+import os
+
 import keras
 import keras_hub
 import numpy as np
@@ -578,6 +580,13 @@ class Teacher(keras.layers.Layer):
         >>> teacher.grid_shape, teacher.feature_dim, teacher.global_dim
         ((16, 16), 1024, 768)
         """
+        # Checksums and files of a local preset, named when bad (keras-hub
+        # reads them without saying which file failed).
+        from keras_apm.models.apm import apm_preset_loading
+
+        handle = apm_preset_loading.resolve_handle(preset)
+        if isinstance(handle, str) and os.path.isdir(handle):
+            apm_preset_loading.check_preset_files(handle)
         task_cls = teacher_utils.preset_task_class(preset)
         backbone_cls = teacher_utils.preset_backbone_class(preset)
         teacher_cls = None
