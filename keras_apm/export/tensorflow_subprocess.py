@@ -151,15 +151,15 @@ def main(argv=None):
                 "Run this module with KERAS_BACKEND=tensorflow. Received "
                 f"backend {keras.backend.backend()!r}."
             )
+        from keras_apm.export.apm_export import load_exportable
         from keras_apm.export.tensorflow_export import export_jobs
-        from keras_apm.models.apm.apm_backbone import APM
 
         with open(args.jobs, encoding="utf-8") as f:
             jobs = json.load(f)
         data = None
         if args.representative_data:
             data = np.load(args.representative_data)
-        export_jobs(APM.from_preset(args.preset), jobs, data)
+        export_jobs(load_exportable(args.preset), jobs, data)
     except Exception as e:  # handed to the parent, which raises it.
         with open(args.error_file, "w", encoding="utf-8") as f:
             json.dump({"type": type(e).__name__, "message": str(e)}, f)
