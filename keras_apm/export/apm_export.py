@@ -8,6 +8,7 @@ import numpy as np
 from keras_apm.export.checks import check_options
 from keras_apm.export.checks import check_representative_data
 from keras_apm.export.checks import check_target
+from keras_apm.export.exportable import load_exportable
 from keras_apm.utils.files import temporary_directory
 from keras_apm.utils.files import terminate_as_exit
 
@@ -167,35 +168,6 @@ def _run_jobs(model_or_preset, jobs, representative_data):
         preset_dir = os.path.join(tmp, "preset")
         model.save_to_preset(preset_dir)
         run_in_subprocess(preset_dir, jobs, images)
-
-
-def load_exportable(preset):
-    """The model an export of `preset` holds: an `APMImageClassifier` (head
-    and all) when the preset was saved from one, else its `APM`.
-
-    An export of a classifier must carry its logits: exporting only the
-    backbone of a classifier preset would silently drop the head.
-    """
-    from keras_apm.models.apm.apm_backbone import APM
-    from keras_apm.models.apm.apm_image_classifier import APMImageClassifier
-    from keras_apm.models.apm.apm_preset_loading import TASK_CONFIG_FILE
-    from keras_apm.utils import keras_hub_compat
-
-    from keras_apm.models.apm import apm_preset_loading
-
-    preset = os.fspath(preset)
-    if os.path.isdir(preset):
-        # Checksums and JSON first, so a bad task.json is named.
-        apm_preset_loading.check_preset_files(preset)
-    if keras_hub_compat.check_file_exists(preset, TASK_CONFIG_FILE):
-        config = keras_hub_compat.load_json(preset, TASK_CONFIG_FILE)
-        try:
-            task_cls = keras_hub_compat.check_config_class(config)
-        except (ValueError, TypeError, KeyError):
-            task_cls = None
-        if isinstance(task_cls, type) and issubclass(task_cls, APMImageClassifier):
-            return APMImageClassifier.from_preset(preset)
-    return APM.from_preset(preset)
 
 
 def _float32_model(model_or_preset):

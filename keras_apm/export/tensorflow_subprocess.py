@@ -151,7 +151,7 @@ def main(argv=None):
                 "Run this module with KERAS_BACKEND=tensorflow. Received "
                 f"backend {keras.backend.backend()!r}."
             )
-        from keras_apm.export.apm_export import load_exportable
+        from keras_apm.export.exportable import load_exportable
         from keras_apm.export.tensorflow_export import export_jobs
 
         with open(args.jobs, encoding="utf-8") as f:

@@ -382,7 +382,9 @@ class APM(Backbone):
             # Refused like integer images, on every backend alike.
             check_float_dtype(trigger, "trigger columns")
         if locations is not None:
-            shape = static_shape(locations)
+            # Arrays only: a (possibly ragged) list is small, and
+            # `check_locations` names what is wrong with it.
+            shape = tuple(getattr(locations, "shape", ()))
             if len(shape) == 2 and shape[0] is not None and trigger.shape[0]:
                 # Before `check_locations`, which reads every location.
                 self._check_answers_fit(trigger.shape[0], shape[0], chunk_size)
