@@ -29,6 +29,13 @@ def copy_of(preset_dir, tmp_path, keep_checksums=False):
     shutil.copytree(preset_dir, target)
     if not keep_checksums:
         os.remove(os.path.join(target, "checksums.json"))
+        # ... and the record in metadata.json that there were any.
+        metadata = os.path.join(target, "metadata.json")
+        with open(metadata) as f:
+            record = json.load(f)
+        del record["keras_apm_checksums"]
+        with open(metadata, "w") as f:
+            json.dump(record, f)
     return target
 
 

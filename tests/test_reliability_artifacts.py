@@ -5,6 +5,7 @@ exports; presets are saved onto a full disk and by two processes at once;
 broken presets must fail naming the file.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -320,9 +321,17 @@ def test_flipped_bits_in_the_weights_are_named(saved):
         keras_apm.APM.from_preset(str(preset))
 
 
+def _as_saved_by_keras_hub(preset):
+    """No checksums, and no record in metadata.json that there were any."""
+    os.remove(preset / "checksums.json")
+    metadata = json.loads((preset / "metadata.json").read_text())
+    del metadata["keras_apm_checksums"]
+    (preset / "metadata.json").write_text(json.dumps(metadata))
+
+
 def test_a_preset_without_checksums_still_loads(saved):
     preset, model = saved
-    os.remove(preset / "checksums.json")  # as keras-hub itself saves
+    _as_saved_by_keras_hub(preset)
     assert _same_weights(keras_apm.APM.from_preset(str(preset)), model)
     keras_apm.APMImageConverter.from_preset(str(preset))
 
@@ -352,7 +361,7 @@ def test_config_without_config_is_named(saved):
 def test_a_bad_image_converter_file_is_named(saved, checksums):
     preset, _ = saved
     if not checksums:
-        os.remove(preset / "checksums.json")
+        _as_saved_by_keras_hub(preset)
     (preset / "image_converter.json").write_text('{"config": ')
     with pytest.raises(ValueError, match=r"image_converter\.json"):
         keras_apm.APMImageConverter.from_preset(str(preset))

@@ -52,6 +52,8 @@ def main(argv=None):
     from keras_apm.apps import digits_demo as digits
     from keras_apm.utils.files import atomic_write
     from keras_apm.utils.files import write_json
+    from keras_apm.utils.files import write_manifest
+    from keras_apm.utils.preset_files import record_checksums
 
     args = parse_args(argv)
     work = tempfile.mkdtemp(prefix="apm_tiny_digits-")
@@ -72,6 +74,10 @@ def main(argv=None):
         def write(staged):
             shutil.copytree(os.path.join(work, "student"), staged)
             write_json(os.path.join(staged, "training.json"), summary)
+            # Checksums of every file, recorded in metadata.json (shipped presets
+            # are verified on load like saved ones).
+            record_checksums(staged)
+            write_manifest(staged)
 
         atomic_write(args.output, write)
     finally:

@@ -169,6 +169,8 @@ def write_preset(classifier, output, info):
 
     from keras_apm.utils.files import atomic_write
     from keras_apm.utils.files import write_json
+    from keras_apm.utils.files import write_manifest
+    from keras_apm.utils.preset_files import record_checksums
 
     # A fresh copy of the trained classifier, so the preset does not carry
     # the AdamW slots (task weights would triple in size, and every load
@@ -181,6 +183,10 @@ def write_preset(classifier, output, info):
     def write(staged):
         clean.save_to_preset(staged)
         write_json(os.path.join(staged, "training.json"), info)
+        # Checksums of every file, recorded in metadata.json (shipped presets
+        # are verified on load like saved ones).
+        record_checksums(staged)
+        write_manifest(staged)
 
     output = os.path.abspath(output)
     atomic_write(output, write)

@@ -4,11 +4,14 @@ Why: the torch backend runs each Keras op eagerly, so `x @ kernel + bias`
 then ReLU is three kernels and three fresh `(B, L, width)` buffers (each a
 page-faulting allocation on a CPU). Here:
 
-- matmul, bias and ReLU run as one call: on the CPU oneDNN's
+- matmul and bias run as one call: on the CPU oneDNN's
   `mkldnn._linear_pointwise` (the kernel TorchInductor uses for the same
   pattern; on this project's AMD CPUs it ran ~1.4x the FLOP/s of the MKL
   `sgemm` behind `torch.matmul`), elsewhere `torch.nn.functional.linear`
-  (`addmm` with the bias in the GEMM epilogue) then an in-place ReLU;
+  (`addmm` with the bias in the GEMM epilogue), then an in-place ReLU.
+  oneDNN's own fused ReLU post-op is not used: it computes `max(x, 0)`,
+  which turns NaN into 0, so a NaN pixel would give finite, wrong answers
+  on PyTorch where JAX and TensorFlow (and `torch.relu`) propagate NaN;
 - with autograd off (inference, `torch.no_grad()`) elementwise sums and the
   ReLU are done in place.
 
@@ -64,7 +67,7 @@ class _OneDNNDense(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, kernel, bias, relu):
-        y = _LINEAR_POINTWISE(x, kernel.t(), bias, "relu" if relu else "none", [], "")
+        y = _linear_relu(x, kernel, bias, relu)
         ctx.relu = relu
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, kernel, y if relu else None)
@@ -89,6 +92,13 @@ class _OneDNNDense(torch.autograd.Function):
         return grad_x, grad_kernel, grad_bias, None
 
 
+def _linear_relu(x, kernel, bias, relu):
+    # `kernel.t()` is the (out, in) weight `linear` expects (a view). The
+    # ReLU is torch's (NaN stays NaN), not oneDNN's post-op (NaN -> 0).
+    y = _LINEAR_POINTWISE(x, kernel.t(), bias, "none", [], "")
+    return y.relu_() if relu else y
+
+
 def dense(x, kernel, bias, activation):
     if not _handled(activation):
         return None
@@ -107,10 +117,7 @@ def dense(x, kernel, bias, activation):
         if grad:
             # oneDNN forward and backward (`_OneDNNDense`).
             return _OneDNNDense.apply(x, kernel, bias, relu)
-        # `kernel.t()` is the (out, in) weight `linear` expects (a view).
-        return _LINEAR_POINTWISE(
-            x, kernel.t(), bias, "relu" if relu else "none", [], ""
-        )
+        return _linear_relu(x, kernel, bias, relu)
     y = F.linear(x, kernel.t(), bias)
     if relu:
         y = F.relu(y) if grad else y.relu_()

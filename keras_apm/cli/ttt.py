@@ -51,6 +51,17 @@ def add_parser(subparsers):
         "--templates", nargs="+",
         help="CLIP prompt templates, each with one {} (default 'a photo of a {}')",
     )
+    parser.add_argument(
+        "--label-map",
+        help="JSON file {data set label: classifier class index}, for a data "
+        "set whose labels are not the classifier's classes (default: none; "
+        "mismatched label spaces are refused)",
+    )
+    parser.add_argument(
+        "--no-accuracy", action="store_true",
+        help="report no accuracy, only the agreement of the APM with the "
+        "teacher (for labels that are not the classifier's classes)",
+    )
     parser.add_argument("--output", required=True, help="result JSON file")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing --output"
@@ -92,6 +103,8 @@ def run(args):
 
 
 def _run(args):
+    import os
+
     import numpy as np
 
     from keras_apm.models.apm.apm_student import load_teacher
@@ -99,11 +112,27 @@ def _run(args):
     from keras_apm.ttt import classifier_for_teacher
     from keras_apm.ttt.evaluation import dataset_class_names
     from keras_apm.ttt.evaluation import evaluate
+    from keras_apm.ttt.evaluation import label_mapping
     from keras_apm.ttt.evaluation import ttt_dataset
     from keras_apm.utils.files import write_json
 
     if args.corruption is None and args.severity is not None:
         raise ValueError("--severity needs --corruption.")
+    if args.label_map is not None and args.no_accuracy:
+        raise ValueError("Pass --label-map or --no-accuracy, not both.")
+    label_map = None
+    if args.label_map is not None:
+        import json
+
+        try:
+            with open(args.label_map, encoding="utf-8") as f:
+                label_map = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(
+                f"--label-map {args.label_map!r} is not a readable JSON file "
+                f"({type(e).__name__}: {e}). Expected e.g. "
+                '{"cat": 3, "dog": 5}.'
+            ) from None
     severity = 5 if args.severity is None else args.severity
     if args.tflite is not None:
         return _run_litert(args, severity)
@@ -121,6 +150,10 @@ def _run(args):
         class_embeddings=embeddings,
         preset=args.teacher,
     )
+    # Before any work: accuracy against another label space means nothing.
+    folder_labels = os.path.isdir(args.dataset)
+    if not args.no_accuracy:
+        label_mapping(classifier, class_names, label_map, folder=folder_labels)
     trainer = TestTimeTrainer(
         args.student,
         teacher,
@@ -156,7 +189,12 @@ def _run(args):
             "corruption": args.corruption,
             "severity": severity if args.corruption else None,
             "limit": args.limit,
+            "label_map": args.label_map,
         },
+        label_names=class_names,
+        label_map=label_map,
+        accuracy=not args.no_accuracy,
+        folder_labels=folder_labels,
     )
     write_json(args.output, record, indent=1)
 

@@ -1,4 +1,4 @@
-"""`keras_apm.export`: an APM -> TensorFlow SavedModel or TFLite (LiteRT)."""
+"""`keras_apm.export`: an APM (or APM classifier) -> SavedModel or TFLite."""
 
 import os
 
@@ -8,6 +8,7 @@ import numpy as np
 from keras_apm.export.checks import check_options
 from keras_apm.export.checks import check_representative_data
 from keras_apm.export.checks import check_target
+from keras_apm.export.exportable import load_exportable
 from keras_apm.utils.files import temporary_directory
 from keras_apm.utils.files import terminate_as_exit
 
@@ -41,8 +42,10 @@ def export(
     `from keras_apm.export import load; load(path)`.
 
     Args:
-        model_or_preset: a `keras_apm.APM`, or a preset (built-in name,
-            handle or local directory) to load one from.
+        model_or_preset: a `keras_apm.APM` or `keras_apm.APMImageClassifier`,
+            or a preset (built-in name, handle or local directory) to load
+            one from. A classifier (object or preset saved from one) is
+            exported head and all: `"serving_default"` adds `"logits"`.
         path: a directory for `"saved_model"`, a file ending in `.tflite`
             for `"tflite"`. Its parent directory must exist.
         format: `"saved_model"` or `"tflite"`.
@@ -149,7 +152,7 @@ def _run_jobs(model_or_preset, jobs, representative_data):
     images = None
     if representative_data is not None:
         images = check_representative_data(
-            representative_data, model.image_shape
+            representative_data, getattr(model, "backbone", model).image_shape
         )
     if keras.backend.backend() == "tensorflow":
         from keras_apm.export.tensorflow_export import export_jobs
@@ -181,23 +184,36 @@ def _head_modules(model):
 
 
 def _float32_model(model_or_preset):
-    """`(float32 APM, its local preset directory or None)`."""
+    """`(float32 APM or APMImageClassifier, its local preset directory or
+    None)`."""
     from keras_apm.models.apm.apm_backbone import APM
-    from keras_apm.models.apm.apm_preset_loading import resolve_handle
+    from keras_apm.models.apm.apm_image_classifier import APMImageClassifier
+    from keras_apm.utils.preset_files import resolve_handle
 
     preset_dir = None
-    if isinstance(model_or_preset, APM):
+    if isinstance(model_or_preset, (APM, APMImageClassifier)):
         model = model_or_preset
     elif isinstance(model_or_preset, (str, os.PathLike)):
-        model = APM.from_preset(os.fspath(model_or_preset))
+        model = load_exportable(resolve_handle(os.fspath(model_or_preset)))
         handle = resolve_handle(os.fspath(model_or_preset))
         if os.path.isdir(handle):
             preset_dir = handle
     else:
         raise ValueError(
-            "Expected a `keras_apm.APM` or a preset (name, handle or "
-            f"directory). Received: {type(model_or_preset).__name__}"
+            "Expected a `keras_apm.APM`, a `keras_apm.APMImageClassifier` or "
+            "a preset (name, handle or directory). Received: "
+            f"{type(model_or_preset).__name__}"
         )
+    if isinstance(model, APMImageClassifier):
+        if model.dtype_policy.name != "float32" or (
+            model.backbone.dtype_policy.name != "float32"
+        ):
+            raise ValueError(
+                "Export a float32 classifier (the export picks its precision "
+                "with `quantization`). Received dtype policy "
+                f"{model.dtype_policy.name!r}: rebuild it with dtype='float32'."
+            )
+        return model, preset_dir
     policy = model.dtype_policy
     if getattr(policy, "quantization_mode", None):
         raise ValueError(

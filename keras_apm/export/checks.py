@@ -4,6 +4,8 @@ import os
 
 import numpy as np
 
+from keras_apm.utils.files import check_writable_dir
+
 FORMATS = ("saved_model", "tflite")
 QUANTIZATIONS = ("float16", "dynamic_int8", "int8")
 # The exported functions, with the same names in both formats.
@@ -45,7 +47,7 @@ def check_options(format, quantization, representative_data):
 def check_target(path, format, overwrite):
     """Checks an output path; returns it as a string.
 
-    Its parent directory must exist; a TFLite path ends with `.tflite`, a
+    Its parent directory must exist and be writable; a TFLite path ends with `.tflite`, a
     SavedModel path does not; an existing `path` is replaced only with
     `overwrite`, and only by the same kind of thing (file or directory).
     """
@@ -58,6 +60,8 @@ def check_target(path, format, overwrite):
             f"The parent directory of {path!r} does not exist ({parent!r}). "
             "Create it first."
         )
+    # Before any work: a read-only folder would otherwise fail at the end.
+    check_writable_dir(parent, f"the folder of {path!r}")
     if format == "tflite" and not path.endswith(".tflite"):
         raise ValueError(
             "A TFLite export is one file whose name ends with '.tflite'. "

@@ -69,16 +69,27 @@ class ExportedAPM:
         check_float_dtype(images)
         return np.ascontiguousarray(images, dtype="float32")
 
+    def _run_images(self, name, images):
+        images = self._images(images)
+        if images.shape[0] == 0:
+            # TFLite's kernels (XNNPack) refuse a 0-row tensor: run one
+            # blank image for the outputs' shapes and dtypes, keep 0 rows.
+            one = np.zeros((1,) + self.image_shape, "float32")
+            outputs = self._functions[name](images=one)
+            return {k: v[:0] for k, v in outputs.items()}
+        return self._functions[name](images=images)
+
     def predict(self, images):
-        """The full grid: dict of `(B, h, w, .)` (and `"global"` `(B, D)`)."""
-        return self._functions["serving_default"](images=self._images(images))
+        """The full grid: dict of `(B, h, w, .)` (and `"global"` `(B, D)`;
+        `"logits"` `(B, classes)` for an exported classifier). 0 images
+        give empty outputs, as the Keras model does."""
+        return self._run_images("serving_default", images)
 
     __call__ = predict
 
     def trigger_column(self, images):
         """The `(B, n)` trigger columns of `images`."""
-        outputs = self._functions["trigger_column"](images=self._images(images))
-        return outputs["trigger"]
+        return self._run_images("trigger_column", images)["trigger"]
 
     def evaluate_locations(self, trigger, locations):
         """Answers `(L, 2)` `(y, x)` locations: dict of `(B, L, .)`."""
@@ -90,6 +101,15 @@ class ExportedAPM:
             )
         locations = np.asarray(locations, dtype="float32")
         check_locations(locations, self.grid_shape)
+        batch, num_locations = trigger.shape[0], locations.shape[0]
+        if batch == 0 or num_locations == 0:
+            # As in `_run_images`: shapes from one real call, 0 rows kept.
+            rows = max(batch, 1)
+            outputs = self._functions["evaluate_locations"](
+                trigger=np.zeros((rows, self.trigger_dim), "float32"),
+                locations=np.zeros((1, 2), "float32"),
+            )
+            return {k: v[:batch, :num_locations] for k, v in outputs.items()}
         return self._functions["evaluate_locations"](
             trigger=np.ascontiguousarray(trigger, dtype="float32"),
             locations=np.ascontiguousarray(locations),

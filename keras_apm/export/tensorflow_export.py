@@ -8,7 +8,8 @@ Both formats carry the same three signatures:
 - `"serving_default"`: `images` `(B, H, W, C)` float32 -> the full grid,
   `"features"` `(B, h, w, D)`, `"rgb"` `(B, h, w, 3)`, `"levels"`
   `(B, num_levels, h, w, D)` and `"global"` `(B, D)` where the model has
-  them, exactly as `model(images)`.
+  them, exactly as `model(images)`; for an `APMImageClassifier`, also
+  `"logits"` `(B, num_classes)`, its head's output.
 - `"trigger_column"`: `images` -> `"trigger"` `(B, n)`, computed once per
   image.
 - `"evaluate_locations"`: `trigger` `(B, n)` and `locations` `(L, 2)`
@@ -57,17 +58,23 @@ def write_saved_model(model, directory):
     ```
     """
     _check_backend()
+    classifier, model = _split(model)
     h, w = model.grid_shape
     trigger_dim = h * w * model.column_channels
     images = keras.InputSpec(
         shape=(None,) + tuple(model.image_shape), dtype="float32", name="images"
     )
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    archive.track(model if classifier is None else classifier)
+
+    def serving(images):
+        outputs = dict(model(images))
+        if classifier is not None:
+            outputs["logits"] = classifier_logits(classifier, outputs)
+        return outputs
+
     archive.add_endpoint(
-        "serving_default",
-        lambda images: dict(model(images)),
-        input_signature=[images],
+        "serving_default", serving, input_signature=[images]
     )
     archive.add_endpoint(
         "trigger_column",
@@ -93,8 +100,31 @@ def write_saved_model(model, directory):
     archive.write_out(directory, verbose=False)
 
 
+def _split(model):
+    """`(classifier or None, its APM backbone)` of an APM or classifier."""
+    from keras_apm.models.apm.apm_backbone import APM
+
+    if isinstance(model, APM):
+        return None, model
+    return model, model.backbone
+
+
+def classifier_logits(classifier, outputs):
+    """The logits of an `APMImageClassifier` from its backbone's outputs
+    (the head of `classifier(images)`, without running the APM twice)."""
+    from keras_apm.models.apm.apm_outputs import FEATURES
+    from keras_apm.models.apm.apm_outputs import GLOBAL
+
+    if classifier.pooler is None:
+        x = outputs[GLOBAL]
+    else:
+        x = classifier.pooler(outputs[FEATURES])
+    return classifier.output_dense(classifier.output_dropout(x))
+
+
 def _calibration_samples(model, images):
     """Samples of every signature, for the int8 calibrator."""
+    model = _split(model)[1]
     triggers = keras.ops.convert_to_numpy(model.trigger_column(images))
     grid = keras.ops.convert_to_numpy(grid_locations(model.grid_shape))
     high = np.array(model.grid_shape, "float32") - 1
@@ -151,7 +181,7 @@ def export_jobs(model, jobs, representative_data=None):
     from it. Each artifact is staged beside its path and renamed into place.
 
     Args:
-        model: a float32 `keras_apm.APM`.
+        model: a float32 `keras_apm.APM` or `keras_apm.APMImageClassifier`.
         jobs: list of dicts with `"path"`, `"format"`, `"quantization"`,
             `"overwrite"` (already checked).
         representative_data: float32 `(N, H, W, C)` inputs for int8 jobs.

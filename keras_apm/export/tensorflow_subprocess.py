@@ -178,8 +178,8 @@ def main(argv=None):
             )
         import importlib
 
+        from keras_apm.export.exportable import load_exportable
         from keras_apm.export.tensorflow_export import export_jobs
-        from keras_apm.models.apm.apm_backbone import APM
 
         for module in args.imports:
             importlib.import_module(module)
@@ -189,7 +189,7 @@ def main(argv=None):
         data = None
         if args.representative_data:
             data = np.load(args.representative_data)
-        export_jobs(APM.from_preset(args.preset), jobs, data)
+        export_jobs(load_exportable(args.preset), jobs, data)
     except Exception as e:  # handed to the parent, which raises it.
         with open(args.error_file, "w", encoding="utf-8") as f:
             json.dump({"type": type(e).__name__, "message": str(e)}, f)

@@ -109,6 +109,11 @@ class PerceptionField(keras.layers.Layer):
         return self.mlp.call_with_weights(weights, unfold_queries(trigger, codes))
 
     def call(self, trigger, locations=None, chunk_size="default"):
+        # Keras autocasts float inputs only: an integer trigger would cast
+        # the weights to integers (all-zero answers) on every backend.
+        trigger = ops.convert_to_tensor(trigger)
+        if not keras.backend.is_float_dtype(trigger.dtype):
+            trigger = ops.cast(trigger, self.compute_dtype)
         return self.call_with_weights(
             self.explicit_weights(), trigger, locations, chunk_size
         )

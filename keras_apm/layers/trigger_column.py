@@ -104,6 +104,11 @@ class TriggerColumn(keras.layers.Layer):
         return ops.reshape(x, (ops.shape(x)[0], width))
 
     def call(self, images):
+        # Keras autocasts float inputs only: integer pixels would cast the
+        # kernel to integers (a zero column) on every backend.
+        images = ops.convert_to_tensor(images)
+        if not keras.backend.is_float_dtype(images.dtype):
+            images = ops.cast(images, self.compute_dtype)
         return self.call_with_weights(self.explicit_weights(), images)
 
     def compute_output_spec(self, images):

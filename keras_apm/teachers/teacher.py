@@ -1,5 +1,7 @@
 """Base class of the teacher adapters over keras-hub vision transformers."""
 
+import os
+
 import keras
 import keras_hub
 import numpy as np
@@ -590,6 +592,13 @@ class Teacher(keras.layers.Layer):
                 load_weights=load_weights,
                 **kwargs,
             )
+        # Checksums and files of a local preset, named when bad (keras-hub
+        # reads them without saying which file failed).
+        from keras_apm.utils import preset_files
+
+        handle = preset_files.resolve_handle(preset)
+        if isinstance(handle, str) and os.path.isdir(handle):
+            preset_files.check_preset_files(handle)
         task_cls = teacher_utils.preset_task_class(preset)
         backbone_cls = teacher_utils.preset_backbone_class(preset)
         teacher_cls = None

@@ -130,7 +130,146 @@ def _check_finite_result(result, first_index):
         )
 
 
-def evaluate(trainer, dataset, verbose=1, settings=None):
+def _label_space_error(classifier, what, fix_names):
+    names = classifier.class_names
+    ours = f"{classifier.num_classes} classes" + (
+        f" ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
+        if names
+        else " (the teacher's own head, which names none)"
+    )
+    return ValueError(
+        f"The classifier scores {ours}, but {what}. Accuracy against these "
+        "labels would mean nothing (a label is right only by the accident "
+        "of its index). Map the data set's labels to the classifier's "
+        f"classes explicitly with `label_map` (--label-map FILE.json: "
+        f"{{{fix_names}}}), or pass `accuracy=False` (--no-accuracy) to "
+        "report only how often the APM agrees with the teacher."
+    )
+
+
+def label_mapping(classifier, label_names=None, label_map=None, folder=False):
+    """How the data set's labels index the classifier's classes.
+
+    Accuracy means something only when label `i` and class `i` are the same
+    class. Without `label_map` that must be evident: the classifier was
+    built from the data set's own class names (CLIP zero-shot, named
+    embeddings), or the teacher's head (no names) meets a TFDS label with
+    as many classes, or folders named by the class indices `"0"`,
+    `"1"`, ... Anything else is refused with a ValueError that says how to
+    map the labels.
+
+    Args:
+        classifier: the trainer's classifier (`num_classes`, `class_names`).
+        label_names: the data set's label names (`dataset_class_names`), or
+            None when unknown (labels are then checked to be in range).
+        label_map: dict from a data set label (name, or index as int or
+            str) to a classifier class (index, or name when the classifier
+            has names). Labels not in it are not scored.
+        folder: whether the labels are a folder's subfolder indices.
+
+    Returns:
+        An int array `mapping` (`mapping[label]` is the class, -1 not
+        scored), or None when the labels are the classes themselves.
+
+    Example:
+    >>> label_mapping(clf, ["cat", "dog"], {"cat": 3, "dog": 5})
+    array([3, 5])
+    """
+    num_classes = int(classifier.num_classes)
+    class_names = classifier.class_names
+    if label_map is not None:
+        if not isinstance(label_map, dict) or not label_map:
+            raise ValueError(
+                "`label_map` must be a non-empty dict {data set label: "
+                f"classifier class}}. Received {label_map!r}."
+            )
+        index_of = {str(n): i for i, n in enumerate(label_names or [])}
+        size = len(label_names) if label_names else 0
+        pairs = []
+        for key, value in label_map.items():
+            label = index_of.get(str(key))
+            if label is None:
+                try:
+                    label = int(key)
+                except (TypeError, ValueError):
+                    raise ValueError(
+                        f"`label_map` key {key!r} is not one of the data "
+                        f"set's labels ({label_names or 'indices only'})."
+                    ) from None
+            if isinstance(value, str) and class_names and value in class_names:
+                value = class_names.index(value)
+            if isinstance(value, bool) or not isinstance(value, int) or not (
+                0 <= value < num_classes
+            ):
+                raise ValueError(
+                    f"`label_map` maps {key!r} to {value!r}; expected a class "
+                    f"index in [0, {num_classes})"
+                    + (f" or one of {class_names}" if class_names else "")
+                    + "."
+                )
+            pairs.append((label, value))
+            size = max(size, label + 1)
+        mapping = np.full(size, -1, "int64")
+        for label, value in pairs:
+            mapping[label] = value
+        return mapping
+    if label_names is None:
+        return None
+    label_names = [str(n) for n in label_names]
+    if class_names is not None:
+        if list(class_names) == label_names:
+            return None
+        raise _label_space_error(
+            classifier,
+            f"the data set's labels are {len(label_names)} other classes "
+            f"({', '.join(label_names[:4])}, ...)",
+            f'"{label_names[0]}": 0, ...',
+        )
+    indices = [str(i) for i in range(len(label_names))]
+    if folder:
+        if sorted(label_names, key=lambda n: (len(n), n)) == indices and (
+            len(label_names) <= num_classes
+        ):
+            # Folders named by class index: sorted as text ("10" < "2").
+            return np.array([int(n) for n in label_names], "int64")
+        raise _label_space_error(
+            classifier,
+            f"the data set's labels are its {len(label_names)} subfolders "
+            f"({', '.join(label_names[:4])}, ...), whose order says nothing "
+            "about the teacher's classes",
+            f'"{label_names[0]}": 0, ...',
+        )
+    if len(label_names) != num_classes:
+        raise _label_space_error(
+            classifier,
+            f"the data set's label has {len(label_names)} classes",
+            f'"{label_names[0]}": 0, ...',
+        )
+    return None
+
+
+def _check_labels_in_range(labels, num_classes):
+    bad = labels >= num_classes
+    if bad.any():
+        raise ValueError(
+            f"The data set holds label {int(labels[bad][0])}, but the "
+            f"classifier scores only {num_classes} classes (0..."
+            f"{num_classes - 1}). Map the labels with `label_map` "
+            "(--label-map FILE.json), or pass `accuracy=False` "
+            "(--no-accuracy) to report only the agreement."
+        )
+
+
+def evaluate(
+    trainer,
+    dataset,
+    verbose=1,
+    settings=None,
+    label_names=None,
+    label_map=None,
+    accuracy=True,
+    folder_labels=False,
+):
     """Runs test-time training over a dataset of `(images, labels)` batches.
 
     Args:
@@ -142,10 +281,19 @@ def evaluate(trainer, dataset, verbose=1, settings=None):
             size and batched at the trainer's batch size).
         verbose: 1 shows a `keras.utils.Progbar`.
         settings: dict of extra entries recorded under `"settings"`.
+        label_names: the data set's label names (`dataset_class_names`):
+            checked against the classifier's classes before any work
+            (`label_mapping`). Labels are always checked to be in range.
+        label_map: dict {data set label: classifier class}, for label
+            spaces that differ (see `label_mapping`).
+        accuracy: False reports no accuracies (only the agreement of the
+            APM with the teacher): for labels that are not the classes.
+        folder_labels: whether the labels are a folder's subfolders.
 
     Returns:
         A JSON-serialisable dict: `accuracy_teacher` and `accuracy_apm`
-        (None without labels), `agreement` (fraction of images where the
+        (None without labels or with `accuracy=False`; `label` in
+        `predictions` is the mapped class), `agreement` (fraction of images where the
         student and the teacher predict the same class), `seconds_per_image`
         (teacher plus adaptation, compilation included), `num_images`,
         `settings`, and `predictions` (one entry per image).
@@ -153,6 +301,12 @@ def evaluate(trainer, dataset, verbose=1, settings=None):
     Raises:
         ValueError: as soon as an image's adaptation diverges (NaN/Inf).
     """
+    mapping = None
+    if accuracy:
+        # Before any work: scores against another label space mean nothing.
+        mapping = label_mapping(
+            trainer.classifier, label_names, label_map, folder=folder_labels
+        )
     dataset = _adapt_dataset(dataset, trainer)
     num_batches = None
     if hasattr(dataset, "cardinality"):  # tf.data: known for TFDS and folders
@@ -165,10 +319,20 @@ def evaluate(trainer, dataset, verbose=1, settings=None):
     )
     labels, apm, teacher, losses, seconds = [], [], [], [], 0.0
     for step, (images, batch_labels) in enumerate(dataset, start=1):
+        batch_labels = np.asarray(batch_labels).astype("int64")
+        if not accuracy:
+            batch_labels = np.full_like(batch_labels, -1)
+        elif mapping is not None:
+            known = (batch_labels >= 0) & (batch_labels < len(mapping))
+            batch_labels = np.where(
+                known, mapping[np.clip(batch_labels, 0, len(mapping) - 1)], -1
+            )
+        else:
+            _check_labels_in_range(batch_labels, trainer.classifier.num_classes)
         result = trainer.adapt(np.asarray(images))
         _check_finite_result(result, sum(len(x) for x in labels))
         seconds += result["seconds"]
-        labels.append(np.asarray(batch_labels))
+        labels.append(batch_labels)
         apm.append(result["predictions"])
         teacher.append(result["teacher_predictions"])
         losses.append(result["loss"][:, [0, -1]])

@@ -241,8 +241,13 @@ def check_float_dtype(x, what="images"):
     if "float" not in dtype:
         raise ValueError(
             f"Expected floating-point {what} (float16, bfloat16, float32 or "
-            f"float64). Received dtype {dtype}. Convert integer images with "
-            "the model's image converter or `keras.ops.cast(x, 'float32')`."
+            f"float64). Received dtype {dtype}. Convert "
+            + (
+                "integer images with the model's image converter or "
+                if what == "images"
+                else "them with "
+            )
+            + "`keras.ops.cast(x, 'float32')`."
         )
 
 

@@ -54,7 +54,23 @@ def check_common(args):
             f"--output must be a .png file. Received {args.output!r}."
         )
     check_flags(args, clusters=dict(low=1, integer=True))
+    check_output_folder(args.output, "--output")
     return [load_image(spec) for spec in args.image]
+
+
+def check_output_folder(path, flag):
+    """Raises a ValueError, before any work, if `path` cannot be written.
+
+    Its nearest existing folder is tried for real (the command creates the
+    missing ones): a read-only folder or mount would otherwise fail only
+    when the figure is saved, after the work.
+    """
+    from keras_apm.utils.files import check_writable_dir
+
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    check_writable_dir(folder, f"the folder of {flag} {path!r}")
 
 
 def coloring(args):
@@ -72,6 +88,7 @@ def gif_path(args):
     path = args.gif or os.path.splitext(args.output)[0] + ".gif"
     if not path.lower().endswith(".gif"):
         raise ValueError(f"--gif must be a .gif file. Received {path!r}.")
+    check_output_folder(path, "--gif")
     return path
 
 

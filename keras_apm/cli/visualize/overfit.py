@@ -107,6 +107,8 @@ def run(args):
         raise ValueError(
             f"{args.save_preset!r} exists. Pass --overwrite to replace it."
         )
+    if args.save_preset:
+        _common.check_output_folder(args.save_preset, "--save-preset")
     teacher = load_teacher(args.teacher)
     model, converter = _fresh_apm(args, teacher)
     if teacher.grid_shape != model.grid_shape:

@@ -8,13 +8,15 @@ from keras_apm.layers.perception_field import PerceptionField
 from keras_apm.layers.perception_mlp import PerceptionMLP
 from keras_apm.layers.trigger_column import TriggerColumn
 from keras_apm.models.apm import apm_outputs
-from keras_apm.models.apm import apm_preset_loading
+from keras_apm.utils import preset_files
 from keras_apm.models.apm.apm_outputs import FEATURES
 from keras_apm.models.apm.apm_outputs import GLOBAL
 from keras_apm.models.apm.apm_outputs import LEVELS
 from keras_apm.models.apm.apm_preset_saving import save_preset_staged
 from keras_apm.models.apm.apm_presets import backbone_presets
 from keras_apm.utils.keras_hub_compat import register_presets
+from keras_apm.utils.memory import check_fits
+from keras_apm.utils.memory import format_bytes
 from keras_apm.utils.validation import check_array_like
 from keras_apm.utils.validation import check_finite
 from keras_apm.utils.validation import check_float_dtype
@@ -33,6 +35,47 @@ def _is_out_of_memory(error):
         return True
     text = f"{type(error).__name__}: {error}"[:20000]
     return any(marker in text for marker in OOM_MARKERS)
+
+
+def _mlp_widths(trunk_widths, feature_dim, num_levels, rgb_widths):
+    widths = [int(w) for w in trunk_widths] + [int(feature_dim) * int(num_levels)]
+    if rgb_widths is not None:
+        widths += [int(w) for w in rgb_widths] + [3]
+    return widths
+
+
+def _check_model_fits(
+    image_shape, patch_size, grid_shape, trigger_dim, position_dim,
+    trunk_widths, feature_dim, num_levels, rgb_widths, chunk_size,
+):  # fmt: skip
+    """Refuses a config whose tensors for one image cannot fit in memory.
+
+    Counted (float32, 4 bytes each, a lower bound): the weights of the MLP
+    (the first layer reads `trigger_dim + position_dim` inputs), the grid's
+    position codes `(h*w, position_dim)`, one input image, and one image's
+    widest activation `(locations per call, width)`.
+    """
+    locations = grid_shape[0] * grid_shape[1]
+    trunk = [int(w) for w in trunk_widths]
+    weights = (trigger_dim + position_dim) * trunk[0]
+    weights += sum(a * b for a, b in zip(trunk, trunk[1:]))
+    weights += trunk[-1] * int(feature_dim) * int(num_levels)
+    if rgb_widths is not None:
+        rgb = [trunk[-1]] + [int(w) for w in rgb_widths] + [3]
+        weights += sum(a * b for a, b in zip(rgb, rgb[1:]))
+    per_call = min(int(chunk_size or locations), locations)
+    widest = per_call * max(_mlp_widths(trunk, feature_dim, num_levels, rgb_widths))
+    image = image_shape[0] * image_shape[1] * image_shape[2]
+    values = weights + locations * position_dim + image + widest
+    check_fits(
+        4 * values,
+        f"APM(image_shape={image_shape}, patch_size={patch_size}) (a "
+        f"{grid_shape[0]}x{grid_shape[1]} grid, trigger length {trigger_dim}, "
+        f"position_dim {position_dim}: {weights} weights, "
+        f"{locations * position_dim} position-code values)",
+        "Use a smaller `image_shape` or a larger `patch_size` (for a preset: "
+        "its config.json).",
+    )
 
 
 @keras.saving.register_keras_serializable(package="keras_apm")
@@ -149,6 +192,12 @@ class APM(Backbone):
                 f"feature_dim, which must be divisible by 4. Received "
                 f"feature_dim={feature_dim}"
             )
+
+        _check_model_fits(
+            image_shape, patch_size, grid_shape, trigger_dim, int(position_dim),
+            trunk_widths, feature_dim, num_levels,
+            rgb_widths if rgb_head else None, chunk_size,
+        )  # fmt: skip
 
         # === Layers ===
         self.column = TriggerColumn(
@@ -331,13 +380,22 @@ class APM(Backbone):
             trigger = self.trigger_column(images)
         else:
             n = self.grid_shape[0] * self.grid_shape[1] * self.column_channels
+            check_array_like(trigger, "trigger", f"of shape (batch, {n})")
             shape = tuple(trigger.shape)
             if len(shape) != 2 or shape[1] != n:
                 raise ValueError(
                     f"Expected trigger columns of shape (batch, {n}). "
                     f"Received shape {shape}."
                 )
+            # Refused like integer images, on every backend alike.
+            check_float_dtype(trigger, "trigger columns")
         if locations is not None:
+            # Arrays only: a (possibly ragged) list is small, and
+            # `check_locations` names what is wrong with it.
+            shape = tuple(getattr(locations, "shape", ()))
+            if len(shape) == 2 and shape[0] is not None and trigger.shape[0]:
+                # Before `check_locations`, which reads every location.
+                self._check_answers_fit(trigger.shape[0], shape[0], chunk_size)
             check_locations(locations, self.grid_shape)
             num_locations = static_shape(locations)[0]
         else:
@@ -355,6 +413,41 @@ class APM(Backbone):
                 e, "evaluate_locations", "chunk_size (or batch)"
             )
             raise
+
+    def _check_answers_fit(self, batch, num_locations, chunk_size):
+        """Refuses a call whose answers cannot fit in memory, up front.
+
+        Counted (4 bytes each, a lower bound): the answers `(B, L, width)`
+        of every output, and per MLP call the position codes and the widest
+        activation of `chunk_size` locations (all `L` for None).
+        """
+        if chunk_size == "default":
+            chunk_size = self.chunk_size
+        per_call = min(int(chunk_size or num_locations), num_locations)
+        out_width = self.feature_dim * (
+            1 + (self.num_levels if self.num_levels > 1 else 0)
+        ) + (3 if self.rgb_head else 0)
+        widest = max(
+            _mlp_widths(
+                self.trunk_widths, self.feature_dim, self.num_levels,
+                self.rgb_widths if self.rgb_head else None,
+            )  # fmt: skip
+        )
+        answers = batch * num_locations * out_width
+        working = batch * per_call * widest + per_call * self.position_dim
+        needed = 4 * (answers + working)
+        fix = "Evaluate fewer locations (or images) per call" + (
+            ", or pass a smaller `chunk_size` (locations per MLP call)."
+            if working > answers
+            else "."
+        )
+        check_fits(
+            needed,
+            f"APM.evaluate_locations on {batch} image(s) x {num_locations} "
+            f"locations (answers: {format_bytes(4 * answers)}; per MLP call "
+            f"of {per_call} locations: {format_bytes(4 * working)})",
+            fix,
+        )
 
     def _empty_answers(self, batch, num_locations):
         dtype = self.compute_dtype
@@ -493,7 +586,7 @@ class APM(Backbone):
         model = keras_apm.APM.from_preset("./my_converted_apm")
         ```
         """
-        return apm_preset_loading.load_backbone(
+        return preset_files.load_backbone(
             cls, super().from_preset, preset, load_weights, **kwargs
         )
 

@@ -1,9 +1,12 @@
 """`APMImageClassifier`: a keras-hub image classification Task on an APM."""
 
+import os
+
 import keras
 from keras_hub.models import ImageClassifier
 from keras_hub.models import Task
 
+from keras_apm.utils import preset_files
 from keras_apm.models.apm.apm_backbone import APM
 from keras_apm.models.apm.apm_image_classifier_preprocessor import (
     APMImageClassifierPreprocessor,
@@ -156,6 +159,50 @@ class APMImageClassifier(ImageClassifier):
         self.compile(**keras.saving.deserialize_keras_object(config))
         if self.built:
             self.optimizer.build(self.trainable_variables)
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """Loads a classifier from a preset, every file checked first.
+
+        A local preset's checksums (`task.json` and `task.weights.h5`
+        included), JSON files and weights are checked before keras-hub
+        reads them, so a bad file is named (see `keras_apm.APM.from_preset`;
+        `check_weights=False` skips the checksum and NaN checks).
+
+        Example:
+        ```python
+        classifier = keras_apm.APMImageClassifier.from_preset(
+            "./apm_classifier")
+        ```
+        """
+        check_weights = kwargs.pop("check_weights", True)
+        handle = preset_files.resolve_handle(preset)
+        if isinstance(handle, str) and not preset_files._is_remote(handle):
+            preset_files.check_local_preset(handle, load_weights)
+            preset_files.check_preset_files(handle, check_weights)
+            if load_weights:
+                weights = os.path.join(handle, preset_files.WEIGHTS_FILE)
+                preset_files.weight_tensors(weights, check_weights)
+        return super().from_preset(preset, load_weights=load_weights, **kwargs)
+
+    def load_task_weights(self, filepath):
+        """Loads `task.weights.h5`, checked against the preset's checksums.
+
+        keras-hub's `ImageClassifier.from_preset` calls this; a corrupt file
+        is named here instead of failing inside h5py.
+        """
+        directory = os.path.dirname(os.fspath(filepath))
+        name = os.path.basename(os.fspath(filepath))
+        if os.path.isdir(directory):
+            preset_files.verify_preset(directory, names=[name])
+        try:
+            return super().load_task_weights(filepath)
+        except Exception as e:
+            raise ValueError(
+                f"Weights file {os.fspath(filepath)!r} could not be loaded "
+                f"into the classifier ({type(e).__name__}: {e}). The file is "
+                "corrupt or from another model: re-save the preset."
+            ) from e
 
     def save_to_preset(self, preset_dir, max_shard_size=10):
         """Saves the classifier as a preset, staged and checksummed.

@@ -5,7 +5,7 @@ from keras_hub.models import ImageClassifierPreprocessor
 
 from keras_apm.models.apm.apm_backbone import APM
 from keras_apm.models.apm.apm_image_converter import APMImageConverter
-from keras_apm.models.apm.apm_preset_loading import IMAGE_CONVERTER_FILE
+from keras_apm.utils.preset_files import IMAGE_CONVERTER_FILE
 from keras_apm.utils.keras_hub_compat import check_file_exists
 
 

@@ -7,7 +7,7 @@ import numpy as np
 from keras import ops
 from keras_hub.layers import ImageConverter
 
-from keras_apm.models.apm import apm_preset_loading
+from keras_apm.utils import preset_files
 from keras_apm.models.apm.apm_backbone import APM
 from keras_apm.models.apm.apm_preset_saving import save_preset_staged
 from keras_apm.utils.keras_hub_compat import in_tf_function
@@ -154,11 +154,11 @@ class APMImageConverter(ImageConverter):
         Example:
         >>> converter = keras_apm.APMImageConverter.from_preset("apm_tiny_digits")
         """
-        handle = apm_preset_loading.resolve_handle(preset)
+        handle = preset_files.resolve_handle(preset)
         if isinstance(handle, str) and os.path.isdir(handle):
-            apm_preset_loading.check_image_converter_file(handle)
-        elif isinstance(handle, str) and apm_preset_loading._is_remote(handle):
-            apm_preset_loading.probe_hub(handle)
+            preset_files.check_image_converter_file(handle)
+        elif isinstance(handle, str) and preset_files._is_remote(handle):
+            preset_files.probe_hub(handle)
         return super().from_preset(preset, **kwargs)
 
     def save_to_preset(self, preset_dir):
@@ -208,11 +208,11 @@ def load_image_converter(preset=None, image_size=None, scaling="unit"):
     from keras_apm.utils.keras_hub_compat import check_file_exists
 
     if preset is not None:
-        handle = apm_preset_loading.resolve_handle(preset)
-        if not apm_preset_loading._is_remote(handle):
+        handle = preset_files.resolve_handle(preset)
+        if not preset_files._is_remote(handle):
             # Says what a bad directory lacks.
-            apm_preset_loading.check_local_preset(handle)
-        if check_file_exists(handle, apm_preset_loading.IMAGE_CONVERTER_FILE):
+            preset_files.check_local_preset(handle)
+        if check_file_exists(handle, preset_files.IMAGE_CONVERTER_FILE):
             return APMImageConverter.from_preset(handle)
     if image_size is not None:
         image_size = (int(image_size[0]), int(image_size[1]))

@@ -1,6 +1,6 @@
 """`load_apm`: an APM preset's model and image converter, in one call."""
 
-from keras_apm.models.apm import apm_preset_loading
+from keras_apm.utils import preset_files
 from keras_apm.models.apm.apm_backbone import APM
 from keras_apm.models.apm.apm_image_converter import load_image_converter
 
@@ -26,7 +26,7 @@ def load_apm(preset, scaling="unit", load_weights=True):
     outputs = model(converter(raw_uint8_images))
     ```
     """
-    handle = apm_preset_loading.resolve_handle(preset)
+    handle = preset_files.resolve_handle(preset)
     model = APM.from_preset(handle, load_weights=load_weights)
     converter = load_image_converter(
         handle, model.image_shape[:2], scaling=scaling

@@ -5,7 +5,8 @@ full disk leaves a half-written preset, and two processes saving one preset
 interleave their files. Here every save writes into a fresh staging folder
 beside the preset, adds the preset's other files (hard links: the image
 converter saved earlier, say), records the SHA-256 of every file in
-`checksums.json`, and swaps the folder in at once (`keras_apm.utils.files`).
+`checksums.json` (and in `metadata.json` that it did), and swaps the
+folder in at once (`keras_apm.utils.files`).
 Readers never see a missing or partial preset; of two concurrent saves the
 last one wins and nothing is left behind.
 """
@@ -13,6 +14,8 @@ last one wins and nothing is left behind.
 import os
 import shutil
 
+from keras_apm.utils.preset_files import METADATA_FILE
+from keras_apm.utils.preset_files import record_checksums
 from keras_apm.utils.files import MANIFEST_FILE
 from keras_apm.utils.files import remove_path
 from keras_apm.utils.files import remove_stale_stages
@@ -116,6 +119,10 @@ def save_preset_staged(preset_dir, write):
                 f"({e.strerror or e}); it was left unchanged",
             ) from e
         sums = _keep_other_files(preset_dir, staged)
+        # Deleting checksums.json must not turn the check off: the metadata
+        # (itself checksummed) says they were written.
+        record_checksums(staged)
+        sums.pop(METADATA_FILE, None)
         for name in sorted(os.listdir(staged)):
             path = os.path.join(staged, name)
             if name not in sums and not name.startswith(".") and (

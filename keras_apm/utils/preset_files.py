@@ -5,9 +5,13 @@ directories); this module makes a missing file, a corrupt config, weights
 with missing, extra or mis-shaped tensors, or an unreachable handle fail with
 a message naming the preset and the problem.
 
-Presets saved by keras_apm carry `checksums.json` (SHA-256 of every file);
-it is verified on load and a changed file is named. Presets without it
-(saved by keras-hub directly) still load. Weights holding NaN or Inf are
+Presets saved by keras_apm carry `checksums.json` (SHA-256 of every file,
+the task's `task.json` and `task.weights.h5` included) and say so in their
+`metadata.json` (`"keras_apm_checksums": "checksums.json"`); the checksums
+are verified on load and a changed file is named. A preset whose metadata
+records checksums but whose `checksums.json` is gone is refused (deleting
+the file must not turn the check off). Presets without the record (saved
+by keras-hub directly) still load. Weights holding NaN or Inf are
 refused: such a model answers NaN everywhere, and finding that out after
 a long run costs more than a clear error now. `check_weights=False` (a
 `from_preset` argument) skips the checksum and NaN checks, e.g. to inspect
@@ -21,11 +25,18 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from keras_apm.utils.files import MANIFEST_FILE
 from keras_apm.utils.files import verify_manifest
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 IMAGE_CONVERTER_FILE = "image_converter.json"
+METADATA_FILE = "metadata.json"
+TASK_CONFIG_FILE = "task.json"
+TASK_WEIGHTS_FILE = "task.weights.h5"
+PREPROCESSOR_FILE = "preprocessor.json"
+# The key of `metadata.json` that records that keras_apm wrote checksums.
+CHECKSUMS_RECORD = "keras_apm_checksums"
 REMOTE_SCHEMES = ("kaggle://", "hf://", "modelscope://", "gs://")
 # Where each scheme downloads from, and the variable that says "use the
 # local cache only" (then no probe is made).
@@ -92,12 +103,94 @@ def _read_json(path, what):
         ) from None
 
 
+def verify_preset(directory, names=None):
+    """Checks a local preset's files against its `checksums.json`.
+
+    A preset whose `metadata.json` records checksums (every preset keras_apm
+    saves) must still have them; one without the record (saved by keras-hub)
+    passes unchecked.
+
+    Args:
+        directory: the preset directory.
+        names: the files to check (those listed); default all listed.
+
+    Returns:
+        The names checked.
+
+    Example:
+    >>> verify_preset("my_apm", names=["config.json", "model.weights.h5"])
+    """
+    manifest = os.path.join(directory, MANIFEST_FILE)
+    metadata = os.path.join(directory, METADATA_FILE)
+    if not os.path.isfile(manifest) and os.path.isfile(metadata):
+        record = _read_json(metadata, "preset metadata")
+        if isinstance(record, dict) and record.get(CHECKSUMS_RECORD):
+            raise ValueError(
+                f"Preset file {manifest!r} is missing, but {metadata!r} "
+                f"records that checksums were written ({CHECKSUMS_RECORD!r}), "
+                "so the preset's files cannot be verified. Restore "
+                f"{MANIFEST_FILE} from the original preset, re-save the "
+                "model with `save_to_preset`, or pass check_weights=False to "
+                "load it unverified."
+            )
+    return verify_manifest(directory, names=names)
+
+
+def record_checksums(directory):
+    """Adds the checksums record to a preset's `metadata.json`.
+
+    Written by `save_to_preset` before the checksums themselves (the
+    metadata is one of the files they cover).
+    """
+    from keras_apm.utils.files import write_json
+
+    path = os.path.join(directory, METADATA_FILE)
+    metadata = _read_json(path, "preset metadata") if os.path.isfile(path) else {}
+    if not isinstance(metadata, dict):
+        metadata = {}
+    metadata[CHECKSUMS_RECORD] = MANIFEST_FILE
+    # A new file (not written through a hard link to an older preset's).
+    write_json(path, metadata, indent=4)
+
+
+def check_preset_files(directory, check_weights=True):
+    """Verifies every file of a local preset and names the first bad one.
+
+    Checksums (`verify_preset`, unless `check_weights=False`), then each
+    JSON file must parse and each extra weights file (`task.weights.h5`)
+    must read as HDF5 with finite values: keras-hub's own loader would
+    fail on them with errors that name no file.
+    """
+    if check_weights:
+        verify_preset(directory)
+    for name, what in (
+        (CONFIG_FILE, "model config"),
+        (TASK_CONFIG_FILE, "task config"),
+        (PREPROCESSOR_FILE, "preprocessor config"),
+        (IMAGE_CONVERTER_FILE, "image converter config"),
+    ):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            config = _read_json(path, what)
+            if not isinstance(config, dict) or not isinstance(
+                config.get("config"), dict
+            ):
+                raise ValueError(
+                    f"Preset file {path!r} is not a Keras config (expected a "
+                    "dict with a 'config' dict). Re-save the preset with "
+                    "`save_to_preset`."
+                )
+    path = os.path.join(directory, TASK_WEIGHTS_FILE)
+    if os.path.isfile(path):
+        weight_tensors(path, check_finite=check_weights)
+
+
 def check_image_converter_file(directory):
     """Raises a ValueError naming a corrupt `image_converter.json`."""
     path = os.path.join(directory, IMAGE_CONVERTER_FILE)
     if not os.path.isfile(path):
         return
-    verify_manifest(directory, names=[IMAGE_CONVERTER_FILE])
+    verify_preset(directory, names=[IMAGE_CONVERTER_FILE])
     config = _read_json(path, "image converter config")
     if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
         raise ValueError(
@@ -107,24 +200,27 @@ def check_image_converter_file(directory):
         )
 
 
-def check_local_preset(directory):
-    """Raises a ValueError naming what a local preset directory lacks."""
+def check_local_preset(directory, load_weights=True):
+    """Raises a ValueError naming what a local preset directory lacks.
+
+    The weights file is required only when the weights are to be loaded.
+    """
     if not os.path.isdir(directory):
         raise ValueError(
             f"Preset directory {directory!r} does not exist. Expected a "
             "directory written by `save_to_preset` (or the converter), a "
             "built-in preset name, or a kaggle:// / hf:// handle."
         )
+    needed = (CONFIG_FILE, WEIGHTS_FILE) if load_weights else (CONFIG_FILE,)
     missing = [
-        name
-        for name in (CONFIG_FILE, WEIGHTS_FILE)
-        if not os.path.isfile(os.path.join(directory, name))
+        name for name in needed if not os.path.isfile(os.path.join(directory, name))
     ]
     if missing:
         raise ValueError(
             f"Preset directory {directory!r} is missing {', '.join(missing)}. "
-            f"Expected {CONFIG_FILE} and {WEIGHTS_FILE}; found "
-            f"{sorted(os.listdir(directory))}."
+            f"Expected {' and '.join(needed)}"
+            + ("" if load_weights else " (load_weights=False)")
+            + f"; found {sorted(os.listdir(directory))}."
         )
     path = os.path.join(directory, CONFIG_FILE)
     config = _read_json(path, "model config")
@@ -229,14 +325,20 @@ def load_backbone(cls, keras_hub_from_preset, preset, load_weights, **kwargs):
                 f"{type(e).__name__}: {e}. If this machine is offline, download "
                 "the preset elsewhere and pass its local directory."
             ) from e
-    check_local_preset(handle)
+    check_local_preset(handle, load_weights=load_weights)
     if check_weights:
         names = [CONFIG_FILE] + ([WEIGHTS_FILE] if load_weights else [])
-        verify_manifest(handle, names=names)
-    if load_weights:
+        verify_preset(handle, names=names)
+    try:
         model = keras_hub_from_preset(handle, load_weights=False, **kwargs)
+    except ValueError as e:
+        # The config's own checks (e.g. a size that cannot fit): name the file.
+        raise ValueError(
+            f"Preset file {os.path.join(handle, CONFIG_FILE)!r} describes a "
+            f"model that cannot be built: {e}"
+        ) from None
+    if load_weights:
         weights = os.path.join(handle, WEIGHTS_FILE)
         check_weights_match(model, weights, check_finite=check_weights)
         model.load_weights(weights)
-        return model
-    return keras_hub_from_preset(handle, load_weights=False, **kwargs)
+    return model
