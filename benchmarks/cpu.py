@@ -91,6 +91,9 @@ def parse_args(argv=None):
     parser.add_argument("--output", default=None,
                         help="append the JSON lines to this file too")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--note", default=None,
+                        help="a remark stored in every JSON line (e.g. that the "
+                        "machine was loaded)")
     parser.add_argument("--table", metavar="JSONL", default=None,
                         help="print the Markdown table of a results file and exit")
     parser.add_argument("--worker", choices=BACKENDS + (BASELINE,),
@@ -361,6 +364,8 @@ def markdown_table(path):
         note = "GEMM peak (torch `a @ b`, best of the run): " + ", ".join(
             f"{k} {v:.4g} GFLOP/s" for k, v in gemm.items()
         ) + ". "
+    if records and records[0].get("note"):
+        note += f"Note: {records[0]['note']}. "
     return "\n".join(rows) + (
         f"\n\nimages/s (fraction of the GEMM peak of the row's dtype, ratio to "
         f"plain PyTorch). {note}(run of {last}, `{os.path.basename(path)}`)"
@@ -401,6 +406,8 @@ def main(argv=None):
         "batch_size": args.batch_size,
         "repeats": args.repeats,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        **({"note": args.note} if args.note else {}),
     })
     kinds = [BASELINE] + list(args.backends)
     remotes = {kind: Remote(kind, args) for kind in kinds}
