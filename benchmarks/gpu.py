@@ -32,11 +32,14 @@ Each record has `what`, one of:
   (the same step plus Keras' per-call bookkeeping and the host read of the
   logs).
 - `baseline_torch_inference`, `baseline_torch_training`: a plain PyTorch
-  `nn.Linear` stack of the same MLP (trunk with ReLU, feature head, RGB head
-  fed `[features ; query]`), the whole grid in one call on queries
-  `[T ; PE]` built per location, no chunk loop; bf16 autocast for
+  `nn.Linear` stack of the same MLP and the same algebra (trunk with ReLU,
+  feature head, RGB head fed `[features ; T ; PE]`; the first trunk and RGB
+  layers split by input part as keras_apm does), the whole grid in one
+  call, no chunk loop, `inference_mode`; bf16 autocast for
   `mixed_bfloat16`, plain float32 otherwise (float32 on CPU in `--smoke`);
-  training = MSE on both heads + `torch.optim.Adam`. Measured before the
+  for `int8` (inference, CPU only) PyTorch's dynamic int8 `nn.Linear`;
+  training = MSE on both heads + `torch.optim.Adam`. `int8` rows: the
+  float32 model after `model.quantize("int8")`, inference only. Measured before the
   Keras records of the same model and dtype, which then carry
   `ratio_to_torch_baseline` (their images/s over the baseline's).
 - `ttt_batched`: `keras_apm.BatchedTTT` (K steps, Adam 1e-4, MSE on the
@@ -94,7 +97,8 @@ WHATS = (
     "ttt_batched",
     "ttt_single",
 )
-DTYPES = ("float32", "mixed_bfloat16")
+# "int8": `model.quantize("int8")` on the float32 model, inference only.
+DTYPES = ("float32", "mixed_bfloat16", "int8")
 MODELS = ("coco", "ttt")
 
 # Tiny stand-ins for --smoke: same structure (5- and 3-layer trunks, RGB
@@ -491,7 +495,12 @@ def build_apm(name, dtype, args):
     import keras_apm
 
     keras.utils.set_random_seed(args.seed)
-    return keras_apm.APM(**model_config(name, args.smoke, args.chunk_size), dtype=dtype)
+    config = model_config(name, args.smoke, args.chunk_size)
+    if dtype == "int8":
+        model = keras_apm.APM(**config, dtype="float32")
+        model.quantize("int8")
+        return model
+    return keras_apm.APM(**config, dtype=dtype)
 
 
 def random_batch(model, batch_size, rng):
@@ -672,6 +681,8 @@ def measure_baseline(model, dtype, args, device, training):
 
     if device.platform == "gpu" and not torch.cuda.is_available():
         return {"skipped": "the Keras backend runs on a GPU but torch has no CUDA"}
+    if dtype == "int8" and device.platform == "gpu":
+        return {"skipped": "PyTorch's dynamic int8 nn.Linear runs on CPU only"}
     s = mlp_shape(model)
     b = args.batch_size
     step, sync, info = build_baseline(
@@ -1152,6 +1163,10 @@ def main(argv=None):
                     continue  # TTT runs on the TTT-sized student only.
                 if what == "memory_chunked" and memory_subprocess:
                     continue
+                if dtype == "int8" and what not in (
+                    "inference", "baseline_torch_inference"
+                ):
+                    continue  # Keras' int8 layers are for inference.
                 record = {**base, "what": what}
                 started = time.perf_counter()
                 try:

@@ -50,7 +50,7 @@ def run(*args):
 def test_smoke_run_prints_every_measurement(tmp_path):
     output = tmp_path / "gpu.jsonl"
     proc = run(
-        "--smoke", "--models", "ttt", "--dtypes", "mixed_bfloat16",
+        "--smoke", "--models", "ttt", "--dtypes", "mixed_bfloat16", "int8",
         "--output", str(output),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -59,6 +59,9 @@ def test_smoke_run_prints_every_measurement(tmp_path):
     assert records
     assert output.read_text().splitlines() == lines
     assert {r["what"] for r in records} == WHATS
+    # int8 (Keras' `model.quantize`): inference and its baseline only.
+    int8 = {r["what"] for r in records if r["dtype"] == "int8"}
+    assert int8 == {"inference", "baseline_torch_inference"}
     for record in records:
         assert "error" not in record, record
         assert "skipped" not in record, record
