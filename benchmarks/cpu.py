@@ -58,6 +58,11 @@ BACKENDS = ("tensorflow", "jax", "torch")
 BASELINE = "baseline"
 WHATS = ("inference", "training")
 MODELS = ("coco", "ttt")
+DTYPES = ("float32", "mixed_bfloat16", "int8")
+# The GEMM each dtype's rows run on, whose peak they are a fraction of: Keras'
+# int8 layers hand the APM dequantized kernels (float32 products); the int8
+# baseline (PyTorch dynamic quantization) runs int8 GEMMs.
+PEAK_DTYPE = {"float32": "float32", "mixed_bfloat16": "bfloat16", "int8": "float32"}
 
 
 def parse_args(argv=None):
@@ -68,6 +73,13 @@ def parse_args(argv=None):
     parser.add_argument("--backends", nargs="+", choices=BACKENDS,
                         default=list(BACKENDS))
     parser.add_argument("--what", nargs="+", choices=WHATS, default=list(WHATS))
+    parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES),
+                        help="float32; mixed_bfloat16 (Keras policy, bf16 autocast "
+                        "for the baseline); int8 (model.quantize('int8'), "
+                        "inference only)")
+    parser.add_argument("--peak-size", type=int, default=None,
+                        help="N of the N x N GEMMs that measure the machine's "
+                        "peak (default 2048; smoke 128)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed calls per worker and measurement "
@@ -79,6 +91,9 @@ def parse_args(argv=None):
     parser.add_argument("--output", default=None,
                         help="append the JSON lines to this file too")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--note", default=None,
+                        help="a remark stored in every JSON line (e.g. that the "
+                        "machine was loaded)")
     parser.add_argument("--table", metavar="JSONL", default=None,
                         help="print the Markdown table of a results file and exit")
     parser.add_argument("--worker", choices=BACKENDS + (BASELINE,),
@@ -88,6 +103,8 @@ def parse_args(argv=None):
         args.repeats = 2 if args.smoke else 5
     if args.pause is None:
         args.pause = 0.0 if args.smoke else 0.3
+    if args.peak_size is None:
+        args.peak_size = 128 if args.smoke else 2048
     for name in ("batch_size", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -109,7 +126,32 @@ class Worker:
         self.steps = {}
         self.model = None
 
-    def setup(self, name):
+    def peak(self):
+        """Best-of-3 GFLOP/s of a plain `a @ b` (N x N) per GEMM dtype."""
+        import torch
+
+        n = self.args.peak_size
+        found = {}
+        with torch.inference_mode():
+            for name, dtype in (("float32", torch.float32),
+                                ("bfloat16", torch.bfloat16), ("int8", torch.int8)):
+                if dtype == torch.int8:
+                    a = torch.randint(-127, 128, (n, n), dtype=dtype)
+                    b = torch.randint(-127, 128, (n, n), dtype=dtype)
+                    matmul = torch._int_mm  # int8 x int8 -> int32 (oneDNN)
+                else:
+                    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+                    matmul = torch.matmul
+                matmul(a, b)
+                best = float("inf")
+                for _ in range(3):
+                    start = time.perf_counter()
+                    matmul(a, b)
+                    best = min(best, time.perf_counter() - start)
+                found[name] = round(2 * n**3 / best / 1e9, 2)
+        return {"gemm_gflops": found, "gemm_size": n}
+
+    def setup(self, name, dtype="float32"):
         import numpy as np
         from keras import ops
 
@@ -118,15 +160,18 @@ class Worker:
             smoke=args.smoke, chunk_size=None, seed=args.seed
         )
         started = time.perf_counter()
-        model = gpu.build_apm(name, "float32", gpu_args)
+        whats = [w for w in args.what if dtype != "int8" or w == "inference"]
+        model = gpu.build_apm(
+            name, "float32" if dtype == "int8" else dtype, gpu_args
+        )
         s = gpu.mlp_shape(model)
         info = {}
         if self.kind == BASELINE:
             grid_shape = model.grid_shape
             del model  # Only its shape was needed.
-            for what in args.what:
+            for what in whats:
                 step, sync, meta = gpu.build_baseline(
-                    s, grid_shape, "float32", args.batch_size, args.seed,
+                    s, grid_shape, dtype, args.batch_size, args.seed,
                     args.smoke, training=what == "training",
                 )
                 self.steps[what] = (step, sync)
@@ -135,9 +180,11 @@ class Worker:
                 ))}
         else:
             device = gpu.Device(self.kind)
+            if dtype == "int8":
+                model.quantize("int8")
             self.model = model
             rng = np.random.default_rng(args.seed)
-            for what in args.what:
+            for what in whats:
                 flops = gpu.forward_flops(s, args.batch_size)
                 if what == "inference":
                     host = rng.random(
@@ -227,7 +274,9 @@ def worker_main(args):
             if command["cmd"] == "exit":
                 break
             if command["cmd"] == "setup":
-                answer = worker.setup(command["model"])
+                answer = worker.setup(command["model"], command["dtype"])
+            elif command["cmd"] == "peak":
+                answer = worker.peak()
             elif command["cmd"] == "time":
                 answer = worker.time(command["what"])
             else:
@@ -255,6 +304,7 @@ class Remote:
             sys.executable, os.path.abspath(__file__), "--worker", kind,
             "--batch-size", str(args.batch_size), "--warmup", str(args.warmup),
             "--seed", str(args.seed), "--what", *args.what,
+            "--peak-size", str(args.peak_size),
         ]
         if args.smoke:
             command.append("--smoke")
@@ -282,30 +332,51 @@ class Remote:
 
 
 def markdown_table(path):
-    """Images/s and ratios to the baseline of the last run in `path`."""
+    """Images/s, fraction of the GEMM peak and ratio to the baseline of the
+    last run in `path`."""
     with open(path, encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
     last = max(r["started"] for r in records)
     records = [r for r in records if r["started"] == last and "error" not in r]
+    peak = [r for r in records if r["what"] == "gemm_peak"]
     rows = [
-        "| model | measurement | plain PyTorch | TensorFlow | JAX | PyTorch backend |",
-        "|---|---|---|---|---|---|",
+        "| model | dtype | measurement | plain PyTorch | TensorFlow | JAX | PyTorch backend |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in MODELS:
-        for what in WHATS:
-            mine = {r["backend"]: r for r in records
-                    if r["model"] == name and r["what"] == what}
-            base = [r for r in mine.values() if r["baseline"]]
-            if not base:
-                continue
-            cells = [f"{base[0]['images_per_s']:.3g} images/s"]
-            for backend in BACKENDS:
-                r = mine.get(backend)
-                cells.append("-" if r is None else (
-                    f"{r['images_per_s']:.3g} ({r['ratio_to_torch_baseline']:.2f}x)"
-                ))
-            rows.append(f"| {name} | {what} | " + " | ".join(cells) + " |")
-    return "\n".join(rows) + f"\n\n(run of {last}, `{os.path.basename(path)}`)"
+        for dtype in DTYPES:
+            for what in WHATS:
+                mine = {r["backend"]: r for r in records if r.get("model") == name
+                        and r.get("dtype", "float32") == dtype and r["what"] == what}
+                base = [r for r in mine.values() if r["baseline"]]
+                if not base:
+                    continue
+                cells = [cell(base[0])]
+                for backend in BACKENDS:
+                    r = mine.get(backend)
+                    cells.append("-" if r is None else cell(r) + (
+                        f", {r['ratio_to_torch_baseline']:.2f}x"
+                    ))
+                rows.append(f"| {name} | {dtype} | {what} | " + " | ".join(cells) + " |")
+    note = ""
+    if peak:
+        gemm = peak[-1]["gemm_gflops"]
+        note = "GEMM peak (torch `a @ b`, best of the run): " + ", ".join(
+            f"{k} {v:.4g} GFLOP/s" for k, v in gemm.items()
+        ) + ". "
+    if records and records[0].get("note"):
+        note += f"Note: {records[0]['note']}. "
+    return "\n".join(rows) + (
+        f"\n\nimages/s (fraction of the GEMM peak of the row's dtype, ratio to "
+        f"plain PyTorch). {note}(run of {last}, `{os.path.basename(path)}`)"
+    )
+
+
+def cell(record):
+    text = f"{record['images_per_s']:.3g}/s"
+    if "fraction_of_peak" in record:
+        text += f" ({record['fraction_of_peak']:.0%} of {record['peak_dtype']})"
+    return text
 
 
 def progress(message):
@@ -333,35 +404,56 @@ def main(argv=None):
         "cpu_count": os.cpu_count(),
         "smoke": args.smoke,
         "batch_size": args.batch_size,
-        "dtype": "float32",
         "repeats": args.repeats,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        **({"note": args.note} if args.note else {}),
     })
     kinds = [BASELINE] + list(args.backends)
     remotes = {kind: Remote(kind, args) for kind in kinds}
     try:
+        # The machine's GEMM peak, before and after (the best of both counts:
+        # other jobs only ever lower it).
+        progress("measuring the machine's GEMM peak")
+        before = remotes[BASELINE].ask(cmd="peak")
+        peaks = {"before": before}
         for name in args.models:
-            run_model(name, args, remotes, emit)
+            for dtype in args.dtypes:
+                run_model(name, dtype, args, remotes, emit, peaks)
+        peaks["after"] = remotes[BASELINE].ask(cmd="peak")
+        emit({"what": "gemm_peak", "backend": "torch (plain, no Keras)",
+              "before": before, "after": peaks["after"],
+              "gemm_gflops": best_peak(*peaks.values())})
     finally:
         for remote in remotes.values():
             remote.close()
 
 
-def run_model(name, args, remotes, emit):
+def best_peak(*answers):
+    """Per GEMM dtype, the best GFLOP/s of several `peak` answers."""
+    found = {}
+    for answer in answers:
+        for dtype, gflops in answer.get("gemm_gflops", {}).items():
+            found[dtype] = max(found.get(dtype, 0.0), gflops)
+    return found
+
+
+def run_model(name, dtype, args, remotes, emit, peaks):
     kinds = list(remotes)
+    whats = [w for w in args.what if dtype != "int8" or w == "inference"]
     infos, failed = {}, {}
     for kind in kinds:  # Builds one at a time: the machine is small.
-        progress(f"{name}: building and warming up on {kind}")
-        answer = remotes[kind].ask(cmd="setup", model=name)
+        progress(f"{name} {dtype}: building and warming up on {kind}")
+        answer = remotes[kind].ask(cmd="setup", model=name, dtype=dtype)
         if "error" in answer:
             failed[kind] = answer["error"]
         else:
             infos[kind] = answer
-    times = {(k, w): [] for k in kinds for w in args.what}
+    times = {(k, w): [] for k in kinds for w in whats}
     started = time.perf_counter()
     for repeat in range(args.repeats):
-        progress(f"{name}: repeat {repeat + 1} of {args.repeats}")
-        for what in args.what:
+        progress(f"{name} {dtype}: repeat {repeat + 1} of {args.repeats}")
+        for what in whats:
             live = [k for k in kinds if k not in failed]
             shift = repeat % max(len(live), 1)
             for kind in live[shift:] + live[:shift]:
@@ -374,13 +466,17 @@ def run_model(name, args, remotes, emit):
     loop_s = round(time.perf_counter() - started, 3)
     for kind in kinds:
         remotes[kind].ask(cmd="release")
-    for what in args.what:
+    # Measured again after each model and dtype: the best so far counts.
+    peaks[name, dtype] = remotes[BASELINE].ask(cmd="peak")
+    gemm = best_peak(*peaks.values())
+    for what in whats:
         base = times[BASELINE, what]
         base_median = median([t["seconds"] for t in base]) if base else None
         base_cpu = median([t["cpu_seconds"] for t in base]) if base else None
         for kind in kinds:
             record = {
                 "model": name,
+                "dtype": dtype,
                 "what": what,
                 "backend": "torch (plain, no Keras)" if kind == BASELINE else kind,
                 "baseline": kind == BASELINE,
@@ -404,6 +500,19 @@ def run_model(name, args, remotes, emit):
                 ),
                 "loop_s": loop_s,
             })
+            # Keras' int8 rows multiply dequantized float32 kernels; the
+            # int8 baseline runs int8 GEMMs.
+            peak_dtype = "int8" if kind == BASELINE and dtype == "int8" else (
+                PEAK_DTYPE[dtype]
+            )
+            executed = args.batch_size * info["executed_flops_per_image"] / mid
+            if gemm.get(peak_dtype):
+                record.update({
+                    "executed_gflops_per_s": round(executed / 1e9, 2),
+                    "peak_dtype": peak_dtype,
+                    "peak_gflops": gemm[peak_dtype],
+                    "fraction_of_peak": round(executed / 1e9 / gemm[peak_dtype], 4),
+                })
             if kind != BASELINE and base_median:
                 record["ratio_to_torch_baseline"] = round(base_median / mid, 4)
                 record["cpu_ratio_to_torch_baseline"] = round(

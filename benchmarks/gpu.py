@@ -32,11 +32,14 @@ Each record has `what`, one of:
   (the same step plus Keras' per-call bookkeeping and the host read of the
   logs).
 - `baseline_torch_inference`, `baseline_torch_training`: a plain PyTorch
-  `nn.Linear` stack of the same MLP (trunk with ReLU, feature head, RGB head
-  fed `[features ; query]`), the whole grid in one call on queries
-  `[T ; PE]` built per location, no chunk loop; bf16 autocast for
+  `nn.Linear` stack of the same MLP and the same algebra (trunk with ReLU,
+  feature head, RGB head fed `[features ; T ; PE]`; the first trunk and RGB
+  layers split by input part as keras_apm does), the whole grid in one
+  call, no chunk loop, `inference_mode`; bf16 autocast for
   `mixed_bfloat16`, plain float32 otherwise (float32 on CPU in `--smoke`);
-  training = MSE on both heads + `torch.optim.Adam`. Measured before the
+  for `int8` (inference, CPU only) PyTorch's dynamic int8 `nn.Linear`;
+  training = MSE on both heads + `torch.optim.Adam`. `int8` rows: the
+  float32 model after `model.quantize("int8")`, inference only. Measured before the
   Keras records of the same model and dtype, which then carry
   `ratio_to_torch_baseline` (their images/s over the baseline's).
 - `ttt_batched`: `keras_apm.BatchedTTT` (K steps, Adam 1e-4, MSE on the
@@ -94,7 +97,8 @@ WHATS = (
     "ttt_batched",
     "ttt_single",
 )
-DTYPES = ("float32", "mixed_bfloat16")
+# "int8": `model.quantize("int8")` on the float32 model, inference only.
+DTYPES = ("float32", "mixed_bfloat16", "int8")
 MODELS = ("coco", "ttt")
 
 # Tiny stand-ins for --smoke: same structure (5- and 3-layer trunks, RGB
@@ -491,7 +495,12 @@ def build_apm(name, dtype, args):
     import keras_apm
 
     keras.utils.set_random_seed(args.seed)
-    return keras_apm.APM(**model_config(name, args.smoke, args.chunk_size), dtype=dtype)
+    config = model_config(name, args.smoke, args.chunk_size)
+    if dtype == "int8":
+        model = keras_apm.APM(**config, dtype="float32")
+        model.quantize("int8")
+        return model
+    return keras_apm.APM(**config, dtype=dtype)
 
 
 def random_batch(model, batch_size, rng):
@@ -545,11 +554,21 @@ def build_clip_teacher(dtype, smoke, projection_dim, seed):
 
 
 def build_baseline(s, grid_shape, dtype, batch_size, seed, smoke, training):
-    """Plain PyTorch: the same MLP as one nn.Linear stack, whole grid in one
-    call, queries [T ; PE] per location, no chunk loop.
+    """Plain PyTorch: the same algebra as the APM as `nn.Linear` stacks, the
+    whole grid in one call, no chunk loop, no Keras.
+
+    The first trunk layer and the first RGB layer split their input
+    `[T ; PE]` (and `[features ; T ; PE]`) as the APM does
+    (`explicit_weights.split_dense`): the trigger's share is one product per
+    image, the position codes' share one per location, added before the
+    ReLU. So both execute the same FLOPs (`forward_flops`'s executed count).
+    Inference runs under `torch.inference_mode()`; `"mixed_bfloat16"` under
+    bf16 autocast; `"int8"` (inference only) through PyTorch's dynamic int8
+    `nn.Linear` (`torch.ao.quantization.quantize_dynamic`: int8 weights,
+    activations quantized per call, int8 GEMM).
 
     `s` is `mlp_shape(model)`. Returns `(step, sync, info)`: `step()` runs
-    one forward (under `no_grad`) or one training step (MSE on both heads,
+    one forward or one training step (MSE on both heads,
     `torch.optim.Adam`), `sync()` waits for the device, `info` describes it.
     """
     import numpy as np
@@ -561,47 +580,68 @@ def build_baseline(s, grid_shape, dtype, batch_size, seed, smoke, training):
 
     where = "cuda" if torch.cuda.is_available() else "cpu"
     bf16 = dtype == "mixed_bfloat16" and not (smoke and where == "cpu")
+    int8 = dtype == "int8"
+    if int8 and (training or where != "cpu"):
+        raise ValueError(
+            "The int8 baseline (PyTorch dynamic quantization) runs inference "
+            f"on CPU only. Received: training={training}, device={where!r}."
+        )
     torch.manual_seed(seed)
     nn = torch.nn
-    layers, width = [], s["n"] + s["d"]
-    for out in s["widths"]:  # The APM trunk: Dense + ReLU.
+    n, d, widths = s["n"], s["d"], s["widths"]
+    # First layers split by input part: [T ; PE] @ K = T @ K_T + PE @ K_PE.
+    first = nn.ModuleDict({"t": nn.Linear(n, widths[0]),
+                           "pe": nn.Linear(d, widths[0], bias=False)})
+    layers, width = [], widths[0]
+    for out in widths[1:]:  # The rest of the APM trunk: Dense + ReLU.
         layers += [nn.Linear(width, out), nn.ReLU()]
         width = out
     trunk = nn.Sequential(*layers)
     head = nn.Linear(width, s["D"])
-    rgb = None
+    rgb_first = rgb = None
     if s["rgb"] is not None:
-        layers, width = [], s["D"] + s["n"] + s["d"]
-        for out in s["rgb"] + (3,):  # Official head: ReLU after every layer.
+        r1 = s["rgb"][0]
+        rgb_first = nn.ModuleDict({"f": nn.Linear(s["D"], r1),
+                                   "t": nn.Linear(n, r1, bias=False),
+                                   "pe": nn.Linear(d, r1, bias=False)})
+        layers, width = [], r1
+        for out in s["rgb"][1:] + (3,):  # Official head: ReLU after every layer.
             layers += [nn.Linear(width, out), nn.ReLU()]
             width = out
         rgb = nn.Sequential(*layers)
-    modules = nn.ModuleList([m for m in (trunk, head, rgb) if m is not None]).to(where)
+    modules = nn.ModuleList(
+        [m for m in (first, trunk, head, rgb_first, rgb) if m is not None]
+    ).to(where)
+    if int8:
+        modules = torch.ao.quantization.quantize_dynamic(
+            modules, {nn.Linear}, dtype=torch.qint8
+        )
+        first, trunk, head = modules[0], modules[1], modules[2]
+        if rgb is not None:
+            rgb_first, rgb = modules[3], modules[4]
 
-    b, locations = batch_size, s["locations"]
+    b = batch_size
     codes = ops.convert_to_numpy(
-        sincos_position_encoding_2d(grid_locations(grid_shape), s["d"])
+        sincos_position_encoding_2d(grid_locations(grid_shape), d)
     )
-    codes = torch.from_numpy(np.asarray(codes, "float32")).to(where)
-    trigger = torch.randn(b, s["n"], device=where)
-    queries = torch.cat(
-        [trigger[:, None, :].expand(b, locations, s["n"]),
-         codes[None].expand(b, locations, s["d"])], dim=-1,
-    ).contiguous()
+    codes = torch.from_numpy(np.asarray(codes, "float32")).to(where)  # (L, d)
+    trigger = torch.randn(b, 1, n, device=where)
 
     def forward():
-        features = head(trunk(queries))
+        hidden = torch.relu(first["t"](trigger) + first["pe"](codes))  # (B, L, w1)
+        features = head(trunk(hidden))
         if rgb is None:
             return features, None
-        return features, rgb(torch.cat([features, queries], dim=-1))
+        mixed = rgb_first["f"](features) + rgb_first["t"](trigger)
+        return features, rgb(torch.relu(mixed + rgb_first["pe"](codes)))
 
     def autocast():
         return torch.autocast(device_type=where, dtype=torch.bfloat16, enabled=bf16)
 
     if training:
         optimizer = torch.optim.Adam(modules.parameters(), lr=1e-4)
-        target_features = torch.randn(b, locations, s["D"], device=where)
-        target_rgb = torch.rand(b, locations, 3, device=where)
+        target_features = torch.randn(b, s["locations"], s["D"], device=where)
+        target_rgb = torch.rand(b, s["locations"], 3, device=where)
 
         def step():
             optimizer.zero_grad(set_to_none=True)
@@ -615,7 +655,7 @@ def build_baseline(s, grid_shape, dtype, batch_size, seed, smoke, training):
             return loss
     else:
         def step():
-            with torch.no_grad(), autocast():
+            with torch.inference_mode(), autocast():
                 return forward()
 
     def sync(_=None):
@@ -623,9 +663,11 @@ def build_baseline(s, grid_shape, dtype, batch_size, seed, smoke, training):
             torch.cuda.synchronize()
 
     info = {
-        "method": "torch_nn_linear_stack",
+        "method": "torch_nn_linear_split_first_layer",
         "baseline_device": torch.cuda.get_device_name() if where == "cuda" else "cpu",
-        "baseline_precision": "bf16_autocast" if bf16 else "float32",
+        "baseline_precision": (
+            "bf16_autocast" if bf16 else "dynamic_int8" if int8 else "float32"
+        ),
         "baseline_fp32_matmul_precision": torch.get_float32_matmul_precision(),
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -639,6 +681,8 @@ def measure_baseline(model, dtype, args, device, training):
 
     if device.platform == "gpu" and not torch.cuda.is_available():
         return {"skipped": "the Keras backend runs on a GPU but torch has no CUDA"}
+    if dtype == "int8" and device.platform == "gpu":
+        return {"skipped": "PyTorch's dynamic int8 nn.Linear runs on CPU only"}
     s = mlp_shape(model)
     b = args.batch_size
     step, sync, info = build_baseline(
@@ -675,10 +719,10 @@ def measure_baseline(model, dtype, args, device, training):
 
 
 def baseline_flops(s, batch_size, training):
-    """The baseline's `(model, executed)` FLOPs per image: the direct form
-    executes all of them."""
-    flops = forward_flops(s, batch_size)[0] * (3 if training else 1)
-    return (flops, flops)
+    """The baseline's `(model, executed)` FLOPs per image: the APM's own
+    (it runs the same split first layers)."""
+    scale = 3 if training else 1
+    return tuple(scale * f for f in forward_flops(s, batch_size))
 
 
 def inference_step(model, x, backend):
@@ -1119,6 +1163,10 @@ def main(argv=None):
                     continue  # TTT runs on the TTT-sized student only.
                 if what == "memory_chunked" and memory_subprocess:
                     continue
+                if dtype == "int8" and what not in (
+                    "inference", "baseline_torch_inference"
+                ):
+                    continue  # Keras' int8 layers are for inference.
                 record = {**base, "what": what}
                 started = time.perf_counter()
                 try:

@@ -50,7 +50,7 @@ def run(*args):
 def test_smoke_run_prints_every_measurement(tmp_path):
     output = tmp_path / "gpu.jsonl"
     proc = run(
-        "--smoke", "--models", "ttt", "--dtypes", "mixed_bfloat16",
+        "--smoke", "--models", "ttt", "--dtypes", "mixed_bfloat16", "int8",
         "--output", str(output),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -59,6 +59,9 @@ def test_smoke_run_prints_every_measurement(tmp_path):
     assert records
     assert output.read_text().splitlines() == lines
     assert {r["what"] for r in records} == WHATS
+    # int8 (Keras' `model.quantize`): inference and its baseline only.
+    int8 = {r["what"] for r in records if r["dtype"] == "int8"}
+    assert int8 == {"inference", "baseline_torch_inference"}
     for record in records:
         assert "error" not in record, record
         assert "skipped" not in record, record
@@ -104,7 +107,8 @@ def test_cpu_smoke_run_compares_with_the_baseline(tmp_path):
     proc = subprocess.run(
         [
             sys.executable, CPU_SCRIPT, "--smoke", "--models", "ttt",
-            "--repeats", "3", "--output", str(output),
+            "--dtypes", "float32", "int8", "--repeats", "3",
+            "--output", str(output),
         ],
         capture_output=True,
         text=True,
@@ -114,9 +118,23 @@ def test_cpu_smoke_run_compares_with_the_baseline(tmp_path):
     lines = proc.stdout.splitlines()
     records = [json.loads(line) for line in lines]
     assert output.read_text().splitlines() == lines
-    # (baseline and each backend) x (inference, training)
-    assert len(records) == 2 * (1 + len(backends))
+    # The machine's GEMM peak, measured in the same run, comes last.
+    peak = records.pop()
+    assert peak["what"] == "gemm_peak"
+    assert set(peak["gemm_gflops"]) == {"float32", "bfloat16", "int8"}
+    assert all(v > 0 for v in peak["gemm_gflops"].values())
+    # (baseline and each backend) x (inference, training) in float32, and
+    # inference only in int8.
+    assert len(records) == 3 * (1 + len(backends))
     for record in records:
+        peak_dtype = "int8" if record["baseline"] and record["dtype"] == "int8" else "float32"
+        assert record["peak_dtype"] == peak_dtype
+        # The best peak measured so far (the run's best comes last).
+        assert 0 < record["peak_gflops"] <= peak["gemm_gflops"][peak_dtype]
+        assert record["fraction_of_peak"] == pytest.approx(
+            record["executed_flops_per_image"] / record["median_seconds"]
+            / 1e9 / record["peak_gflops"], rel=2e-2, abs=1e-4
+        )
         assert "error" not in record, record
         assert record["benchmark"] == "cpu" and record["smoke"] is True
         assert record["model"] == "ttt" and record["batch_size"] == 1
@@ -125,18 +143,25 @@ def test_cpu_smoke_run_compares_with_the_baseline(tmp_path):
             sorted(record["seconds"])[1], abs=1e-6
         )
         assert record["images_per_s"] > 0 and record["flops_per_image"] > 0
-    mine = {(r["backend"], r["what"]) for r in records if not r["baseline"]}
-    assert mine == {(b, w) for b in backends for w in ("inference", "training")}
-    baselines = {r["what"]: r for r in records if r["baseline"]}
+    mine = {(r["backend"], r["dtype"], r["what"])
+            for r in records if not r["baseline"]}
+    assert mine == {(b, "float32", w) for b in backends
+                    for w in ("inference", "training")} | {
+        (b, "int8", "inference") for b in backends}
+    baselines = {(r["dtype"], r["what"]): r for r in records if r["baseline"]}
+    assert baselines["int8", "inference"]["baseline_precision"] == "dynamic_int8"
     for record in records:
         if record["baseline"]:
             continue
-        what = record["what"]
-        if what == "training":
+        what = record["dtype"], record["what"]
+        if what[1] == "training":
             assert record["method"] == "train_function"
         # The split first layer executes fewer FLOPs than the direct form.
         assert record["executed_flops_per_image"] < record["flops_per_image"]
         assert record["flops_per_image"] == baselines[what]["flops_per_image"]
+        # The baseline runs the same algebra (the same split first layers).
+        assert (record["executed_flops_per_image"]
+                == baselines[what]["executed_flops_per_image"])
         expected = baselines[what]["median_seconds"] / record["median_seconds"]
         assert record["ratio_to_torch_baseline"] == pytest.approx(
             expected, rel=5e-3

@@ -64,9 +64,6 @@ class APMBackboneHarnessTest(TestCase):
             # APM reads channels-last whatever the global data format is:
             # see `test_global_channels_first_changes_nothing`.
             run_data_format_check=False,
-            # APM computes from explicit float weights and refuses Keras'
-            # int8/float8 layers with a clear error (quantize an export).
-            run_quantization_check=False,
         )
 
     def test_global_channels_first_changes_nothing(self):

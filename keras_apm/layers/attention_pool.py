@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from keras_apm.layers.explicit_weights import float_kernel
 from keras_apm.layers.output_spec import output_spec
 from keras_apm.layers.position_encoding import grid_position_codes
 
@@ -77,13 +78,13 @@ class AttentionPoolHead(keras.layers.Layer):
         attention = self.attention
         return {
             "query": self.query,
-            "query_kernel": attention.query_dense.kernel,
+            "query_kernel": float_kernel(attention.query_dense),
             "query_bias": attention.query_dense.bias,
-            "key_kernel": attention.key_dense.kernel,
+            "key_kernel": float_kernel(attention.key_dense),
             "key_bias": attention.key_dense.bias,
-            "value_kernel": attention.value_dense.kernel,
+            "value_kernel": float_kernel(attention.value_dense),
             "value_bias": attention.value_dense.bias,
-            "output_kernel": attention.output_dense.kernel,
+            "output_kernel": float_kernel(attention.output_dense),
             "output_bias": attention.output_dense.bias,
         }
 

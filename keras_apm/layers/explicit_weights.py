@@ -9,23 +9,57 @@ leading axis `B` is *stacked*: image `b` of the activations meets only
 
 import numpy as np
 from keras import ops
+from keras import quantizers
 
 from keras_apm.backend import fused_ops
 
 
+def float_kernel(layer):
+    """The float kernel of a Keras `Dense` or `EinsumDense`, quantized or not.
+
+    A layer quantized by `model.quantize("int8")` stores an int8 `_kernel`
+    and a per-output `kernel_scale` (`float = int8 / scale`); one quantized
+    to `"float8"` keeps a float kernel that its call rounds to float8
+    through `kernel_scale`. Either way the APM's math stays the one path of
+    `dense`: it reads the weights Keras' own call would multiply by, in the
+    layer's compute dtype (int8 weights take a quarter of the memory; the
+    product runs in the compute dtype, as on a backend without int8 GEMM).
+
+    Example:
+    >>> kernel = float_kernel(mlp.trunk[0])
+    """
+    mode = getattr(layer, "quantization_mode", None)
+    if mode is None:
+        return layer.kernel
+    if mode == "int8":
+        scale = layer.kernel_scale
+        if hasattr(layer, "_adjust_scale_for_dequant"):  # EinsumDense
+            scale = layer._adjust_scale_for_dequant(scale)
+        kernel = ops.cast(layer._kernel, layer.compute_dtype)
+        return ops.divide(kernel, ops.cast(scale, layer.compute_dtype))
+    if mode == "float8":
+        return quantizers.quantize_and_dequantize(
+            ops.convert_to_tensor(layer._kernel),
+            layer.kernel_scale,
+            "float8_e4m3fn",
+            layer.compute_dtype,
+        )
+    raise ValueError(
+        f"Layer {layer.path!r} is quantized by Keras in mode {mode!r}; APM "
+        "layers read Keras' 'int8' and 'float8' modes. Quantize with "
+        "`model.quantize(\"int8\")`, or export a float model and quantize "
+        "the export (`keras_apm.export`)."
+    )
+
+
 def dense_weights(layer):
-    """`{"kernel", "bias"}` of a built `keras.layers.Dense` (its variables).
+    """`{"kernel", "bias"}` of a built `keras.layers.Dense` (its variables;
+    the float kernel if Keras quantized the layer, see `float_kernel`).
 
     Example:
     >>> weights = dense_weights(mlp.trunk[0])
     """
-    if getattr(layer, "quantization_mode", None):
-        raise ValueError(
-            f"Layer {layer.path!r} is quantized by Keras "
-            f"({layer.quantization_mode}); APM layers compute from float "
-            "weights. Quantize an exported model instead (`keras_apm.export`)."
-        )
-    return {"kernel": layer.kernel, "bias": layer.bias}
+    return {"kernel": float_kernel(layer), "bias": layer.bias}
 
 
 def per_image(weight, rank, ndim):
