@@ -26,7 +26,10 @@ def add_parser(subparsers):
         "--quantization",
         default=None,
         choices=QUANTIZATIONS,
-        help="TFLite only; int8 needs --representative-data",
+        help=(
+            "TFLite only; int8 needs --representative-data "
+            "(default: none, float32 weights)"
+        ),
     )
     parser.add_argument(
         "--representative-data",
