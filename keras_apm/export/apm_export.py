@@ -5,9 +5,11 @@ import os
 import keras
 import numpy as np
 
+from keras_apm.export.checks import canonical_format
 from keras_apm.export.checks import check_options
 from keras_apm.export.checks import check_representative_data
 from keras_apm.export.checks import check_target
+from keras_apm.export.checks import make_parent
 from keras_apm.utils.files import temporary_directory
 from keras_apm.utils.files import terminate_as_exit
 
@@ -44,8 +46,9 @@ def export(
         model_or_preset: a `keras_apm.APM`, or a preset (built-in name,
             handle or local directory) to load one from.
         path: a directory for `"saved_model"`, a file ending in `.tflite`
-            for `"tflite"`. Its parent directory must exist.
-        format: `"saved_model"` or `"tflite"`.
+            for `"tflite"`. Missing parent directories are created.
+        format: `"saved_model"` or `"tflite"` (Keras' names for them,
+            `"tf_saved_model"` and `"litert"`, work too).
         quantization: TFLite only. None (float32), `"float16"` (float16
             weights), `"dynamic_int8"` (int8 weights, float activations) or
             `"int8"` (int8 weights and activations; float32 inputs and
@@ -67,6 +70,7 @@ def export(
     runner.predict(images)["features"].shape  # (B, 8, 8, D)
     ```
     """
+    format = canonical_format(format)
     check_options(format, quantization, representative_data)
     path = check_target(path, format, overwrite)
     job = {
@@ -95,7 +99,7 @@ def export_variants(
 
     Args:
         model_or_preset: as in `export`.
-        directory: an existing directory.
+        directory: a directory, created if missing.
         variants: names from `("saved_model", "float32", "float16",
             "dynamic_int8", "int8")`.
         representative_data: as in `export`; required with `"int8"`.
@@ -120,8 +124,11 @@ def export_variants(
             f"Received: {variants}"
         )
     directory = os.fspath(directory)
-    if not os.path.isdir(directory):
-        raise ValueError(f"{directory!r} is not an existing directory.")
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(
+            f"`directory` must be a directory (created if missing), but "
+            f"{directory!r} is a file."
+        )
     jobs = []
     for variant in variants:
         format = "saved_model" if variant == "saved_model" else "tflite"
@@ -151,6 +158,8 @@ def _run_jobs(model_or_preset, jobs, representative_data):
         images = check_representative_data(
             representative_data, model.image_shape
         )
+    for job in jobs:  # every check passed: now the folders may be made
+        make_parent(job["path"])
     if keras.backend.backend() == "tensorflow":
         from keras_apm.export.tensorflow_export import export_jobs
 
