@@ -177,6 +177,9 @@ def run_file(doc, workdir):
 
     backend = keras.backend.backend()
     blocks = parse_blocks(os.path.join(ROOT, doc))
+    for name in ("tools", "benchmarks", "examples"):
+        if not os.path.lexists(os.path.join(workdir, name)):
+            os.symlink(os.path.join(ROOT, name), os.path.join(workdir, name))
     env = dict(os.environ)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
     namespace = {"__name__": "__doc__", "__doc_check__": doc_check}
@@ -257,8 +260,6 @@ def test_doc_examples_run(doc, tmp_path, tfds_dir):
     if not any(skip_reason(b, backend) is None
                for b in parse_blocks(os.path.join(ROOT, doc))):
         pytest.skip(f"{doc} has no block to run")
-    for name in ("tools", "benchmarks", "examples"):
-        os.symlink(os.path.join(ROOT, name), tmp_path / name)
     env = dict(os.environ, TFDS_DATA_DIR=tfds_dir, TF_CPP_MIN_LOG_LEVEL="3",
                PYTHONPATH=os.pathsep.join(
                    p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
