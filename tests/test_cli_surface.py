@@ -34,9 +34,12 @@ for path, parser in walk(cli.build_parser(), []):
     report["commands"][" ".join(path)] = [code, out.getvalue()]
     for action in parser._actions:
         if action.option_strings and action.dest not in ("help",):
+            shown = parser._get_formatter()._get_help_string(action) or ""
+            has_default = action.nargs != 0 and not any(
+                action.default is v for v in (None, False, argparse.SUPPRESS))
             report["flags"].append(
                 [" ".join(path), action.option_strings[-1], action.help,
-                 action.required]
+                 action.required, has_default, "default" in shown.lower()]
             )
 heavy = ("keras", "keras_hub", "tensorflow", "jax", "torch")
 report["heavy"] = sorted(m for m in heavy if m in sys.modules)
@@ -68,7 +71,7 @@ def test_help_imports_no_heavy_module(help_report):
 
 
 def test_every_flag_has_help_and_required_flags_say_so(help_report):
-    for command, flag, text, required in help_report["flags"]:
+    for command, flag, text, required, _, _ in help_report["flags"]:
         assert text, f"`keras-apm {command} {flag}` has no help text"
         rendered = help_report["commands"][command][1]
         if required:
@@ -82,6 +85,23 @@ def test_help_shows_defaults(help_report):
     assert "(default: None)" not in text
     text = " ".join(help_report["commands"]["visualize upsample"][1].split())
     assert "(default: 4)" in text  # --factor
+
+
+def test_every_flag_with_a_default_shows_it(help_report):
+    missing = [
+        f"keras-apm {command} {flag}"
+        for command, flag, _, required, has_default, shown in help_report["flags"]
+        if has_default and not required and not shown
+    ]
+    assert missing == []
+    # Flags whose default comes from a recipe or means "none" say so too.
+    shown = {(c, f): s for c, f, _, _, _, s in help_report["flags"]}
+    for command, flag in [("ttt", "--steps"), ("ttt", "--optimizer"),
+                          ("ttt", "--seed"), ("export", "--quantization"),
+                          ("visualize islands", "--seed")]:
+        assert shown[command, flag], f"keras-apm {command} {flag}"
+    text = " ".join(help_report["commands"]["ttt"][1].split())
+    assert "default 10, official 20" in text  # --steps, from RECIPES
 
 
 def test_python_dash_m_is_the_command():

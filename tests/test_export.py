@@ -233,6 +233,47 @@ def test_cli_calibration_inputs_go_through_the_converter(
     np.testing.assert_array_equal(inputs, raw[:3].astype("float32"))
 
 
+def test_cli_calibration_folder_of_mixed_sizes(preset, tmp_path):
+    # Photos come in all sizes: each is resized before they are stacked,
+    # with the preset's converter or, without one, to the model's size.
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(40, 24), (32, 32), (17, 50)]):
+        image = rng.integers(0, 256, size + (3,)).astype("uint8")
+        keras.utils.save_img(str(folder / f"{i}.png"), image, scale=False)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.weights.h5"):
+        (bare / name).write_bytes(open(os.path.join(preset, name), "rb").read())
+    for source in (preset, str(bare)):
+        inputs = representative_inputs(str(folder), source)
+        assert inputs.shape == (3,) + IMAGE_SHAPE and inputs.dtype == np.float32
+    # Without a converter the images stay raw 0..255 values, only resized.
+    assert inputs.max() > 200
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="the format names and folders are backend-independent checks; "
+    "the export itself is covered on every backend by the `exports` fixture",
+)
+def test_keras_format_names_and_missing_folders(model, tmp_path):
+    # Keras' names for the two formats; missing parent folders are made.
+    path = keras_apm.export(model, tmp_path / "new" / "dir" / "a.tflite",
+                            format="litert")
+    assert path.endswith("a.tflite") and os.path.getsize(path) > 0
+    runner = load(path)
+    assert runner.trigger_column(np.zeros((1,) + IMAGE_SHAPE, "float32")).ndim == 2
+    paths = export_variants(model, tmp_path / "exports", variants=("float32",))
+    assert os.path.isfile(paths["float32"])
+    with pytest.raises(ValueError, match="Keras' names"):
+        keras_apm.export(model, tmp_path / "x", format="onnx")
+    from keras_apm.export.checks import canonical_format
+
+    assert canonical_format("tf_saved_model") == "saved_model"
+
+
 @pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
     reason="the CLI is backend-independent glue over keras_apm.export, "
@@ -326,14 +367,15 @@ def test_int8_needs_fitting_representative_data(model, tmp_path, images):
 
 
 def test_bad_paths(model, tmp_path):
-    with pytest.raises(ValueError, match="parent directory .* does not exist"):
-        keras_apm.export(model, str(tmp_path / "missing" / "apm"))
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(ValueError, match="parent directory .* is a file"):
+        keras_apm.export(model, str(tmp_path / "file" / "apm"))
     with pytest.raises(ValueError, match="ends with '.tflite'"):
         keras_apm.export(model, str(tmp_path / "apm.tflite"))
     with pytest.raises(ValueError, match="must end|name ends with '.tflite'"):
         keras_apm.export(model, str(tmp_path / "apm.bin"), format="tflite")
-    with pytest.raises(ValueError, match="not an existing directory"):
-        export_variants(model, tmp_path / "missing")
+    with pytest.raises(ValueError, match="is a file"):
+        export_variants(model, tmp_path / "file")
     target = tmp_path / "a.tflite"
     target.write_bytes(b"keep me")
     with pytest.raises(ValueError, match="already exists.*overwrite=True"):
@@ -348,7 +390,7 @@ def test_bad_paths(model, tmp_path):
             model, str(tmp_path / "b.tflite"), format="tflite", overwrite=True
         )
     assert target.read_bytes() == b"keep me"
-    assert sorted(os.listdir(tmp_path)) == ["a.tflite", "b.tflite", "sm"]
+    assert sorted(os.listdir(tmp_path)) == ["a.tflite", "b.tflite", "file", "sm"]
 
 
 def test_not_an_apm(tmp_path):

@@ -165,13 +165,28 @@ def test_import_keras_apm_and_run_a_preset_without_optional_packages(tmp_path):
         assert np.isfinite(np.asarray(out["features"])).all()
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in OPTIONAL)
         assert not loaded, loaded
+        # A plain tf.data pipeline needs no tensorflow-datasets: the
+        # distiller adapts it (dict of "image", another size) and trains.
+        import tensorflow as tf
+        from keras_apm.distill import APMDistiller, default_student_config
+        teacher = keras_apm.teachers.Teacher.from_preset("vit_tiny_digits")
+        distiller = APMDistiller(
+            keras_apm.APM(**default_student_config(teacher)), teacher)
+        distiller.compile(optimizer="adam")
+        raw = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 3))
+        ds = tf.data.Dataset.from_tensor_slices({{"image": raw.astype("uint8")}})
+        logs = distiller.fit(ds, epochs=1, verbose=0).history
+        assert np.isfinite(logs["loss"][0]), logs
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in OPTIONAL)
+        assert not loaded, loaded
+        # What does need it names the extra.
         try:
-            import keras_apm.data
+            keras_apm.data.image_dataset
         except keras_apm.utils.optional.MissingDependencyError as error:
             assert "keras-apm[data]" in str(error), error
             assert "tensorflow-datasets" in str(error), error
         else:
-            raise AssertionError("keras_apm.data imported without tfds")
+            raise AssertionError("image_dataset imported without tfds")
         print("CORE OK")
         """
     )

@@ -109,8 +109,12 @@ def test_converter_rejects_unknown_options():
 
 def test_builtin_presets_are_listed_offline():
     presets = keras_apm.APM.presets
-    assert "apm_coco_dinov2_l14_reg_448" in presets
+    assert "apm_tiny_digits" in presets
     assert all(p["metadata"]["description"] for p in presets.values())
+    # Every listed preset loads here, offline: none is a download that
+    # nobody published (the official models come from `keras-apm convert`).
+    for name in presets:
+        assert keras_apm.APM.from_preset(name, load_weights=False).image_shape
 
 
 def test_unreachable_handle_fails_naming_it():

@@ -39,12 +39,20 @@ DEFAULT_OUTPUT = os.path.join(
 def parse_args(argv=None):
     from keras_apm.apps import digits_demo as digits
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output", default=DEFAULT_OUTPUT)
-    parser.add_argument("--epochs", type=int, default=digits.RECIPE.epochs)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="Preset folder to write.")
+    parser.add_argument(
+        "--epochs", type=int, default=digits.RECIPE.epochs, help="Epochs."
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Random seed.")
     parser.add_argument("--data-dir", help="TFDS data directory")
-    parser.add_argument("--min-grid-cosine", type=float, default=0.9)
+    parser.add_argument(
+        "--min-grid-cosine", type=float, default=0.9,
+        help="Write nothing below this test grid cosine.",
+    )
     return parser.parse_args(argv)
 
 

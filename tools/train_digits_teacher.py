@@ -52,47 +52,71 @@ DEFAULT_OUTPUT = os.path.join(
 )
 
 
+def hyphenate_flags(argv):
+    """`--data_dir` -> `--data-dir`: the old underscore spellings still work.
+
+    The flags are spelled with hyphens like the `keras-apm` CLI's; this keeps
+    scripts written for the old names running without listing both in --help.
+    """
+    out = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if name.startswith("--"):
+            arg = "--" + name[2:].replace("_", "-") + eq + value
+        out.append(arg)
+    return out
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output", default=DEFAULT_OUTPUT)
-    parser.add_argument("--data_dir", default=None, help="TFDS data dir.")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
-    parser.add_argument("--weight_decay", type=float, default=0.05)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="Preset folder to write.")
+    parser.add_argument("--data-dir", default=None, help="TFDS data dir.")
+    parser.add_argument("--seed", type=int, default=0, help="Random seed.")
+    parser.add_argument("--epochs", type=int, default=60, help="Training epochs.")
+    parser.add_argument("--batch-size", type=int, default=64, help="Batch size.")
     parser.add_argument(
-        "--max_shift",
+        "--learning-rate", type=float, default=2e-3, help="Peak AdamW rate."
+    )
+    parser.add_argument(
+        "--weight-decay", type=float, default=0.05, help="AdamW decay."
+    )
+    parser.add_argument(
+        "--max-shift",
         type=int,
         default=3,
         help="Largest random translation, in pixels of the 32x32 image.",
     )
-    parser.add_argument("--hidden_dim", type=int, default=64)
-    parser.add_argument("--num_layers", type=int, default=4)
-    parser.add_argument("--num_heads", type=int, default=4)
-    parser.add_argument("--mlp_dim", type=int, default=128)
+    parser.add_argument("--hidden-dim", type=int, default=64, help="ViT width.")
+    parser.add_argument("--num-layers", type=int, default=4, help="ViT blocks.")
+    parser.add_argument("--num-heads", type=int, default=4, help="Attention heads.")
+    parser.add_argument("--mlp-dim", type=int, default=128, help="ViT MLP width.")
     parser.add_argument(
-        "--train_examples",
+        "--train-examples",
         type=int,
         default=None,
         help="Use only the first N training images (for quick smoke runs).",
     )
     parser.add_argument(
-        "--min_test_accuracy",
+        "--min-test-accuracy",
         type=float,
         default=0.95,
         help="Fail (and write nothing) below this test accuracy.",
     )
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(hyphenate_flags(argv))
     for name in ("epochs", "batch_size", "hidden_dim", "num_layers"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+            flag = "--" + name.replace("_", "-")
+            parser.error(f"{flag} must be >= 1, got {getattr(args, name)}")
     if args.max_shift < 0:
-        parser.error(f"--max_shift must be >= 0, got {args.max_shift}")
+        parser.error(f"--max-shift must be >= 0, got {args.max_shift}")
     if args.hidden_dim % args.num_heads:
         parser.error(
-            f"--hidden_dim ({args.hidden_dim}) must be divisible by "
-            f"--num_heads ({args.num_heads})"
+            f"--hidden-dim ({args.hidden_dim}) must be divisible by "
+            f"--num-heads ({args.num_heads})"
         )
     return args
 

@@ -31,7 +31,8 @@ class _Formatter(argparse.HelpFormatter):
             return text + " (required)"
         default = action.default
         if (
-            default in (None, False, argparse.SUPPRESS)
+            # `is`, not `in`: `0 in (False,)` is True, and a 0 is a default.
+            any(default is v for v in (None, False, argparse.SUPPRESS))
             or not action.option_strings
             or "default" in text.lower()
         ):

@@ -2,6 +2,7 @@
 
 import os
 
+from keras_apm.export.checks import FORMAT_ALIASES
 from keras_apm.export.checks import FORMATS
 from keras_apm.export.checks import QUANTIZATIONS
 
@@ -22,13 +23,18 @@ def add_parser(subparsers):
         "default sized from the teacher)",
     )
     parser.add_argument(
-        "--format", default=FORMATS[0], choices=FORMATS, help="export format"
+        "--format", default=FORMATS[0], choices=FORMATS + tuple(FORMAT_ALIASES),
+        help="export format (tf_saved_model and litert are Keras' names for "
+        "saved_model and tflite)",
     )
     parser.add_argument(
         "--quantization",
         default=None,
         choices=QUANTIZATIONS,
-        help="TFLite only; int8 needs --representative-data",
+        help=(
+            "TFLite only; int8 needs --representative-data "
+            "(default: none, float32 weights)"
+        ),
     )
     parser.add_argument(
         "--representative-data",
@@ -79,6 +85,7 @@ def add_parser(subparsers):
 
 def run(args):
     from keras_apm.export import export
+    from keras_apm.export.checks import canonical_format
     from keras_apm.export.checks import check_options
     from keras_apm.export.checks import check_target
 
@@ -87,6 +94,7 @@ def run(args):
     if args.preset is None:
         raise ValueError("--preset is required (or --ttt --teacher PRESET).")
     # Cheap checks first: a bad command line loads no model.
+    args.format = canonical_format(args.format)
     check_options(args.format, args.quantization, args.representative_data)
     check_target(args.output, args.format, args.overwrite)
     data = None
@@ -214,10 +222,10 @@ def representative_inputs(source, preset, limit=100):
 def preset_inputs(preset, images):
     """Raw 0..255 images -> model inputs, by the preset's image converter.
 
-    A preset without `image_converter.json` takes raw 0..255 float images
-    of its own size, so they are only cast (`load_image_converter`'s
-    fallback with `scaling="none"` and no resize). Images may differ in
-    size when the preset has a converter: it resizes each.
+    A preset without `image_converter.json` takes raw 0..255 float images,
+    so they are only resized to the model's input size and cast
+    (`load_image_converter`'s fallback with `scaling="none"`). Images may
+    differ in size: each is resized before they are stacked.
 
     Example:
     ```python
@@ -228,7 +236,12 @@ def preset_inputs(preset, images):
     import numpy as np
     from keras_apm.models.apm import load_image_converter
 
-    converter = load_image_converter(preset, scaling="none")
+    import keras_apm
+
+    # The config alone: the fallback converter needs the input size.
+    model = keras_apm.APM.from_preset(preset, load_weights=False)
+    image_size = model.image_shape[:2]
+    converter = load_image_converter(preset, image_size, scaling="none")
     inputs = [converter(np.asarray(x)[None]) for x in images]
     inputs = [keras.ops.convert_to_numpy(x) for x in inputs]
     return np.concatenate(inputs).astype("float32")

@@ -6,6 +6,11 @@ from keras_apm.ttt.recipes import LOSSES
 from keras_apm.ttt.recipes import RECIPES
 
 
+def _recipe_defaults(key):
+    """"default 10, official 20": each recipe's setting, for --help."""
+    return ", ".join(f"{name} {RECIPES[name][key]}" for name in sorted(RECIPES))
+
+
 def add_parser(subparsers):
     parser = subparsers.add_parser(
         "ttt",
@@ -25,7 +30,11 @@ def add_parser(subparsers):
         help="corrupt the images first (default: clean images)",
     )
     parser.add_argument("--severity", type=int, default=None, help="1..5 (default 5)")
-    parser.add_argument("--steps", type=int, default=None, help="steps per image")
+    parser.add_argument(
+        "--steps", type=int, default=None,
+        help="steps per image (default: the recipe's; "
+        + _recipe_defaults("steps") + ")",
+    )
     parser.add_argument(
         "--batch-size", type=int, default=32, help="images adapted together"
     )
@@ -34,14 +43,19 @@ def add_parser(subparsers):
         "--recipe", default=None, choices=sorted(RECIPES),
         help="named settings (keras_apm.ttt.recipes; default: default)",
     )
-    parser.add_argument("--optimizer", default=None, help="e.g. adam, sgd")
+    parser.add_argument(
+        "--optimizer", default=None,
+        help="a Keras optimizer name, e.g. adam, sgd (default: the recipe's; "
+        + _recipe_defaults("optimizer") + ")",
+    )
     parser.add_argument(
         "--learning-rate", type=float, default=None,
         help="optimizer learning rate (default: the recipe's)",
     )
     parser.add_argument(
         "--loss", default=None, choices=LOSSES,
-        help="global-vector loss (default: the recipe's)",
+        help="global-vector loss (default: the recipe's; "
+        + _recipe_defaults("loss") + ")",
     )
     _arguments.add_seed(parser, help="init and corruption seed")
     parser.add_argument(

@@ -208,3 +208,33 @@ def model_inputs(
 
     ds = ds.map(check, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def drop_uneven_batches(dataset, divisor, key="images"):
+    """Drops the batches whose size `divisor` does not divide.
+
+    A `keras.distribution.DataParallel` over `divisor` devices splits every
+    batch evenly across them, so the last, smaller batch of an epoch (1,437
+    images in batches of 64 leave 29) cannot be placed. It is dropped, as
+    the multi-process path drops the last incomplete global batch; those
+    examples are seen in other epochs when the pipeline shuffles.
+
+    Args:
+        dataset: a batched `tf.data.Dataset` of dicts holding `key`, or of
+            `(dict, ...)` tuples, or of image batches.
+        divisor: the number of devices each batch is split across.
+
+    Example:
+    ```python
+    ds = drop_uneven_batches(ds, divisor=2)  # 22 batches of 64, not 23
+    ```
+    """
+    if divisor <= 1:
+        return dataset
+
+    def even(*element):
+        element = element[0]
+        images = element[key] if isinstance(element, dict) else element
+        return tf.equal(tf.shape(images)[0] % divisor, 0)
+
+    return dataset.filter(even)

@@ -20,6 +20,25 @@ from keras_apm.utils.validation import static_shape
 GLOBAL_LOSSES = ("cosine", "mse")
 
 
+def _local_batch_divisor():
+    """How many of this process's devices a `keras.distribution` splits
+    each batch across (1 without one; TensorFlow strategies handle uneven
+    batches themselves)."""
+    distribution = keras.distribution.distribution()
+    mesh = getattr(distribution, "device_mesh", None)
+    batch_axis = getattr(distribution, "batch_dim_name", None)
+    if mesh is None or batch_axis not in mesh.axis_names:
+        return 1
+    devices = mesh.shape[mesh.axis_names.index(batch_axis)]
+    # The global batch is split over every process; each feeds its share.
+    processes = 1
+    if keras.backend.backend() == "jax":
+        import jax
+
+        processes = jax.process_count()
+    return max(1, devices // processes)
+
+
 def _check_weight(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(
@@ -594,6 +613,19 @@ class APMDistiller(keras.Model):
             teacher_image_size=teacher_size,
         )
 
+    def _drop_uneven_batches(self, dataset):
+        """Under a `keras.distribution` (JAX `DataParallel`), drops the
+        `tf.data` batches that do not split evenly over this process's
+        devices, e.g. an epoch's last, smaller batch."""
+        divisor = _local_batch_divisor()
+        if divisor <= 1 or not type(dataset).__module__.startswith("tensorflow"):
+            return dataset
+        from keras_apm.data import inputs
+
+        if not inputs.is_adaptable(dataset):
+            return dataset
+        return inputs.drop_uneven_batches(dataset, divisor)
+
     def _check_host_pixels(self, x):
         # In-memory images are checked once here rather than per step.
         images = x.get("images") if isinstance(x, dict) else x
@@ -605,10 +637,11 @@ class APMDistiller(keras.Model):
         them (see `adapt_dataset`; `batch_size` batches unbatched ones)."""
         if self.adapt_dataset(x) is not x:
             x, batch_size = self.adapt_dataset(x, batch_size), None
+        x = self._drop_uneven_batches(x)
         self._check_host_pixels(x)
         if kwargs.get("validation_data") is not None:
-            kwargs["validation_data"] = self.adapt_dataset(
-                kwargs["validation_data"]
+            kwargs["validation_data"] = self._drop_uneven_batches(
+                self.adapt_dataset(kwargs["validation_data"])
             )
         return super().fit(x, y, batch_size=batch_size, **kwargs)
 
@@ -616,6 +649,7 @@ class APMDistiller(keras.Model):
         """`keras.Model.evaluate`, adapting `tf.data` like `fit`."""
         if self.adapt_dataset(x) is not x:
             x, batch_size = self.adapt_dataset(x, batch_size), None
+        x = self._drop_uneven_batches(x)
         self._check_host_pixels(x)
         return super().evaluate(x, y, batch_size=batch_size, **kwargs)
 

@@ -5,10 +5,12 @@ import os
 import keras
 import numpy as np
 
+from keras_apm.export.checks import canonical_format
 from keras_apm.export.checks import check_options
 from keras_apm.export.checks import check_representative_data
 from keras_apm.export.checks import check_target
 from keras_apm.export.exportable import load_exportable
+from keras_apm.export.checks import make_parent
 from keras_apm.utils.files import temporary_directory
 from keras_apm.utils.files import terminate_as_exit
 
@@ -47,8 +49,9 @@ def export(
             one from. A classifier (object or preset saved from one) is
             exported head and all: `"serving_default"` adds `"logits"`.
         path: a directory for `"saved_model"`, a file ending in `.tflite`
-            for `"tflite"`. Its parent directory must exist.
-        format: `"saved_model"` or `"tflite"`.
+            for `"tflite"`. Missing parent directories are created.
+        format: `"saved_model"` or `"tflite"` (Keras' names for them,
+            `"tf_saved_model"` and `"litert"`, work too).
         quantization: TFLite only. None (float32), `"float16"` (float16
             weights), `"dynamic_int8"` (int8 weights, float activations) or
             `"int8"` (int8 weights and activations; float32 inputs and
@@ -70,6 +73,7 @@ def export(
     runner.predict(images)["features"].shape  # (B, 8, 8, D)
     ```
     """
+    format = canonical_format(format)
     check_options(format, quantization, representative_data)
     path = check_target(path, format, overwrite)
     job = {
@@ -98,7 +102,7 @@ def export_variants(
 
     Args:
         model_or_preset: as in `export`.
-        directory: an existing directory.
+        directory: a directory, created if missing.
         variants: names from `("saved_model", "float32", "float16",
             "dynamic_int8", "int8")`.
         representative_data: as in `export`; required with `"int8"`.
@@ -123,8 +127,11 @@ def export_variants(
             f"Received: {variants}"
         )
     directory = os.fspath(directory)
-    if not os.path.isdir(directory):
-        raise ValueError(f"{directory!r} is not an existing directory.")
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(
+            f"`directory` must be a directory (created if missing), but "
+            f"{directory!r} is a file."
+        )
     jobs = []
     for variant in variants:
         format = "saved_model" if variant == "saved_model" else "tflite"
@@ -154,6 +161,8 @@ def _run_jobs(model_or_preset, jobs, representative_data):
         images = check_representative_data(
             representative_data, getattr(model, "backbone", model).image_shape
         )
+    for job in jobs:  # every check passed: now the folders may be made
+        make_parent(job["path"])
     if keras.backend.backend() == "tensorflow":
         from keras_apm.export.tensorflow_export import export_jobs
 

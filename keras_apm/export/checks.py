@@ -7,17 +7,29 @@ import numpy as np
 from keras_apm.utils.files import check_writable_dir
 
 FORMATS = ("saved_model", "tflite")
+# Keras' names (`model.export(path, format=...)`) for the same two formats.
+FORMAT_ALIASES = {"tf_saved_model": "saved_model", "litert": "tflite"}
 QUANTIZATIONS = ("float16", "dynamic_int8", "int8")
 # The exported functions, with the same names in both formats.
 SIGNATURES = ("serving_default", "trigger_column", "evaluate_locations")
 
 
-def check_options(format, quantization, representative_data):
-    """Checks `format` and `quantization`, and that the data fits them."""
+def canonical_format(format):
+    """`"saved_model"` or `"tflite"`; Keras' `"tf_saved_model"` and
+    `"litert"` name the same formats."""
+    if isinstance(format, str) and format in FORMAT_ALIASES:
+        return FORMAT_ALIASES[format]
     if format not in FORMATS:
         raise ValueError(
-            f"`format` must be one of {FORMATS}. Received: format={format!r}"
+            f"`format` must be one of {FORMATS} (or Keras' names "
+            f"{tuple(FORMAT_ALIASES)}). Received: format={format!r}"
         )
+    return format
+
+
+def check_options(format, quantization, representative_data):
+    """Checks `format` and `quantization`, and that the data fits them."""
+    format = canonical_format(format)
     if quantization is not None and quantization not in QUANTIZATIONS:
         raise ValueError(
             f"`quantization` must be None or one of {QUANTIZATIONS}. "
@@ -47,21 +59,27 @@ def check_options(format, quantization, representative_data):
 def check_target(path, format, overwrite):
     """Checks an output path; returns it as a string.
 
-    Its parent directory must exist and be writable; a TFLite path ends with `.tflite`, a
-    SavedModel path does not; an existing `path` is replaced only with
-    `overwrite`, and only by the same kind of thing (file or directory).
+    A missing parent directory is created by the export (`make_parent`), so
+    the nearest existing one must be a writable directory; a TFLite path
+    ends with `.tflite`, a SavedModel path does not; an existing `path` is
+    replaced only with `overwrite`, and only by the same kind of thing (file
+    or directory).
     """
+    format = canonical_format(format)
     if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
         raise ValueError(f"`path` must be a non-empty path. Received {path!r}")
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
+    existing = parent
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
         raise ValueError(
-            f"The parent directory of {path!r} does not exist ({parent!r}). "
-            "Create it first."
+            f"Cannot create the parent directory of {path!r}: {existing!r} "
+            "is a file. Choose another path."
         )
     # Before any work: a read-only folder would otherwise fail at the end.
-    check_writable_dir(parent, f"the folder of {path!r}")
+    check_writable_dir(existing, f"the folder of {path!r}")
     if format == "tflite" and not path.endswith(".tflite"):
         raise ValueError(
             "A TFLite export is one file whose name ends with '.tflite'. "
@@ -87,6 +105,11 @@ def check_target(path, format, overwrite):
                 "Remove it yourself or choose another path."
             )
     return path
+
+
+def make_parent(path):
+    """Creates the missing parent directories of an output `path`."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
 
 def check_representative_data(data, image_shape):

@@ -77,6 +77,15 @@ def lazy_exports(package, spec):
         return sorted(set(vars(sys.modules[package])) | set(exports))
 
     if not in_command():
+        from keras_apm.utils.optional import MissingDependencyError
+
         for name in exports:
-            __getattr__(name)
+            try:
+                __getattr__(name)
+            except MissingDependencyError:
+                # A module whose extra is not installed stays lazy: the
+                # package's other modules work (a `tf.data` pipeline needs
+                # no tensorflow-datasets), and using the name raises the
+                # error that names the extra.
+                pass
     return __getattr__, __dir__, sorted(exports)

@@ -100,7 +100,22 @@ def static_shape(x):
         shape = x
     elif shape is None:
         shape = np.shape(x)
-    return tuple(None if d is None else int(d) for d in shape)
+    return tuple(_static_dim(d) for d in shape)
+
+
+def _static_dim(d):
+    """An int, or None for an unknown or symbolic dimension.
+
+    Under `model.export` on JAX (jax2tf) the batch is a symbolic dimension,
+    `int()` of which raises (InconclusiveDimensionOperation): it is as
+    unknown as TensorFlow's `None` batch.
+    """
+    if d is None or isinstance(d, (int, np.integer)):
+        return None if d is None else int(d)
+    try:
+        return int(d)
+    except Exception:
+        return None
 
 
 def check_positive_int(value, name, allow_none=False):

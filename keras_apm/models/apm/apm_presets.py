@@ -3,6 +3,11 @@
 `kaggle_handle` is where keras-hub's machinery finds a preset: a Kaggle or
 Hugging Face handle, or, for presets shipped inside this package, their local
 directory.
+
+Only presets that load offline are listed: the official checkpoints are not
+published as Keras presets, so the COCO and TTT APMs are made locally from
+the official `.pth` files with `keras-apm convert` (README, "Official
+checkpoints") and loaded from that directory.
 """
 
 import os
@@ -12,19 +17,6 @@ PRESETS_DIR = os.path.join(
 )
 
 backbone_presets = {
-    "apm_coco_dinov2_l14_reg_448": {
-        "metadata": {
-            "description": (
-                "Official COCO APM (model_15.pth) converted to Keras: 448x448 "
-                "BGR min-max input, 32x32 grid, trunk 4096-4096-4096-2048-1024, "
-                "1024-d features distilled from DINOv2 ViT-L/14 with registers, "
-                "RGB head. 54.3M parameters."
-            ),
-            "params": 54347600,
-            "path": "apm",
-        },
-        "kaggle_handle": "kaggle://keras-apm/apm/keras/apm_coco_dinov2_l14_reg_448",
-    },
     "apm_tiny_digits": {
         "metadata": {
             "description": (
