@@ -111,10 +111,8 @@ def _run(args):
     from keras_apm.ttt import TestTimeTrainer
     from keras_apm.ttt import classifier_for_teacher
     from keras_apm.ttt.evaluation import dataset_class_names
-    from keras_apm.ttt.evaluation import evaluate
     from keras_apm.ttt.evaluation import label_mapping
-    from keras_apm.ttt.evaluation import ttt_dataset
-    from keras_apm.utils.files import write_json
+    from keras_apm.utils.files import read_json
 
     if args.corruption is None and args.severity is not None:
         raise ValueError("--severity needs --corruption.")
@@ -122,17 +120,9 @@ def _run(args):
         raise ValueError("Pass --label-map or --no-accuracy, not both.")
     label_map = None
     if args.label_map is not None:
-        import json
-
-        try:
-            with open(args.label_map, encoding="utf-8") as f:
-                label_map = json.load(f)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(
-                f"--label-map {args.label_map!r} is not a readable JSON file "
-                f"({type(e).__name__}: {e}). Expected e.g. "
-                '{"cat": 3, "dog": 5}.'
-            ) from None
+        label_map = read_json(
+            args.label_map, "--label-map", 'Expected e.g. {"cat": 3, "dog": 5}.'
+        )
     severity = 5 if args.severity is None else args.severity
     if args.tflite is not None:
         return _run_litert(args, severity)
@@ -167,36 +157,17 @@ def _run(args):
         batch_size=args.batch_size,
         locations_per_step=args.locations_per_step,
     )
-    dataset = ttt_dataset(
-        args.dataset,
-        args.split,
-        image_size=teacher.image_size,
-        batch_size=args.batch_size,
-        corruption=args.corruption,
-        severity=severity,
-        seed=args.seed,
-        limit=args.limit,
-        data_dir=args.data_dir,
-    )
-    record = evaluate(
+    record = _evaluate(
+        args,
         trainer,
-        dataset,
-        verbose=0 if args.quiet else 1,
-        settings={
-            "teacher": args.teacher,
-            "dataset": args.dataset,
-            "split": args.split,
-            "corruption": args.corruption,
-            "severity": severity if args.corruption else None,
-            "limit": args.limit,
-            "label_map": args.label_map,
-        },
+        teacher.image_size,
+        severity,
+        settings={"label_map": args.label_map},
         label_names=class_names,
         label_map=label_map,
         accuracy=not args.no_accuracy,
         folder_labels=folder_labels,
     )
-    write_json(args.output, record, indent=1)
 
     def percent(value):
         return "n/a" if value is None else f"{100 * value:.2f}%"
@@ -214,9 +185,6 @@ def _run(args):
 def _run_litert(args, severity):
     """`keras-apm ttt --tflite FILE`: the same run through a LiteRT file."""
     from keras_apm.export.ttt_runtime import LiteRTTestTimeTrainer
-    from keras_apm.ttt.evaluation import evaluate
-    from keras_apm.ttt.evaluation import ttt_dataset
-    from keras_apm.utils.files import write_json
 
     fixed = [
         flag
@@ -237,10 +205,29 @@ def _run_litert(args, severity):
     trainer = LiteRTTestTimeTrainer(
         args.tflite, num_threads=args.threads, steps=args.steps
     )
+    record = _evaluate(args, trainer, trainer.image_shape[:2], severity)
+    print(
+        f"{record['num_images']} images through {args.tflite} (LiteRT): "
+        f"agreement {100 * record['agreement']:.2f}%, "
+        f"{record['seconds_per_image']:.4f} s/image -> {args.output}"
+    )
+    return 0
+
+
+def _evaluate(args, trainer, image_size, severity, settings=None, **kwargs):
+    """Runs `trainer` over the data set of `args`, writes --output, returns it.
+
+    `settings`: entries recorded besides the data set's; `kwargs` go to
+    `keras_apm.ttt.evaluation.evaluate`.
+    """
+    from keras_apm.ttt.evaluation import evaluate
+    from keras_apm.ttt.evaluation import ttt_dataset
+    from keras_apm.utils.files import write_json
+
     dataset = ttt_dataset(
         args.dataset,
         args.split,
-        image_size=trainer.image_shape[:2],
+        image_size=image_size,
         batch_size=args.batch_size,
         corruption=args.corruption,
         severity=severity,
@@ -255,13 +242,9 @@ def _run_litert(args, severity):
         "corruption": args.corruption,
         "severity": severity if args.corruption else None,
         "limit": args.limit,
+        **(settings or {}),
     }
     verbose = 0 if args.quiet else 1
-    record = evaluate(trainer, dataset, verbose=verbose, settings=settings)
+    record = evaluate(trainer, dataset, verbose=verbose, settings=settings, **kwargs)
     write_json(args.output, record, indent=1)
-    print(
-        f"{record['num_images']} images through {args.tflite} (LiteRT): "
-        f"agreement {100 * record['agreement']:.2f}%, "
-        f"{record['seconds_per_image']:.4f} s/image -> {args.output}"
-    )
-    return 0
+    return record
