@@ -3,7 +3,6 @@
 from keras_apm.cli import _arguments
 from keras_apm.data.corruptions import CORRUPTIONS
 from keras_apm.ttt.recipes import LOSSES
-from keras_apm.ttt.recipes import RECIPES
 
 
 def add_parser(subparsers):
@@ -25,27 +24,15 @@ def add_parser(subparsers):
         help="corrupt the images first (default: clean images)",
     )
     parser.add_argument("--severity", type=int, default=None, help="1..5 (default 5)")
-    parser.add_argument("--steps", type=int, default=None, help="steps per image")
+    _arguments.add_ttt_settings(parser, seed_help="init and corruption seed")
     parser.add_argument(
         "--batch-size", type=int, default=32, help="images adapted together"
     )
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
-    parser.add_argument(
-        "--recipe", default=None, choices=sorted(RECIPES),
-        help="named settings (keras_apm.ttt.recipes; default: default)",
-    )
     parser.add_argument("--optimizer", default=None, help="e.g. adam, sgd")
-    parser.add_argument(
-        "--learning-rate", type=float, default=None,
-        help="optimizer learning rate (default: the recipe's)",
-    )
     parser.add_argument(
         "--loss", default=None, choices=LOSSES,
         help="global-vector loss (default: the recipe's)",
-    )
-    _arguments.add_seed(parser, help="init and corruption seed")
-    parser.add_argument(
-        "--class-embeddings", help=".npy file of (num_classes, dim) class embeddings"
     )
     parser.add_argument(
         "--templates", nargs="+",
@@ -75,10 +62,6 @@ def add_parser(subparsers):
     parser.add_argument(
         "--threads", type=int, default=None, help="LiteRT threads (with --tflite)"
     )
-    parser.add_argument(
-        "--locations-per-step", type=int, default=None,
-        help="grid locations each step trains on (default: all)",
-    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -89,13 +72,10 @@ def run(args):
     check_flags(
         args,
         severity=dict(low=1, high=5, integer=True),
-        steps=dict(low=1, integer=True),
         batch_size=dict(low=1, integer=True),
         limit=dict(low=1, integer=True),
-        learning_rate=dict(low=0, low_open=True),
-        seed=dict(low=0, integer=True),
         threads=dict(low=1, integer=True),
-        locations_per_step=dict(low=1, integer=True),
+        **_arguments.TTT_SETTING_CHECKS,
     )
     # Claimed (writable, locked, not another run's result) before any work.
     with OutputFile(args.output, overwrite=args.overwrite):
@@ -148,14 +128,10 @@ def _run(args):
         args.student,
         teacher,
         classifier,
-        steps=args.steps,
         optimizer=args.optimizer,
-        learning_rate=args.learning_rate,
         loss=args.loss,
-        seed=args.seed,
-        recipe=args.recipe,
         batch_size=args.batch_size,
-        locations_per_step=args.locations_per_step,
+        **_arguments.ttt_settings(args),
     )
     record = _evaluate(
         args,
