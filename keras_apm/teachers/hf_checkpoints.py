@@ -337,16 +337,9 @@ def load_clip_tokenizer(preset):
     return convert_hf_clip.convert_tokenizer(vocabulary, merges)
 
 
-def teacher_from_checkpoint(
-    cls,
-    preset,
-    layers=None,
-    resize_to_grid=None,
-    normalize_levels=True,
-    load_weights=True,
-    **kwargs,
-):
-    """What `Teacher.from_preset` returns for a Hugging Face checkpoint."""
+def checkpoint_model(cls, preset, load_weights=True, **kwargs):
+    """The `(teacher class, model, image converter)` of a Hugging Face
+    checkpoint, for `Teacher.from_preset` (`cls`) to build its teacher."""
     from keras_apm.teachers import teacher_registry
 
     unknown = sorted(set(kwargs) - {"dtype"})
@@ -369,10 +362,4 @@ def teacher_from_checkpoint(
             f"`{teacher_cls.__name__}` adapts, not `{cls.__name__}`. Use "
             "`Teacher.from_preset`."
         )
-    return teacher_cls(
-        model,
-        layers=layers,
-        resize_to_grid=resize_to_grid,
-        image_converter=converter,
-        normalize_levels=normalize_levels,
-    )
+    return teacher_cls, model, converter
