@@ -88,7 +88,7 @@ def test_read_json_names_the_file_or_returns_the_default(tmp_path):
     message = r"Label map '.*bad\.json' is not valid JSON \(.*\)\. Fix it\.$"
     with pytest.raises(ValueError, match=message):
         read_json(bad, "Label map", "Fix it.")
-    with pytest.raises(ValueError, match="missing.json' is not valid JSON"):
+    with pytest.raises(ValueError, match="missing.json' cannot be read"):
         read_json(tmp_path / "missing.json")
     assert read_json(bad, default={}) == {}
     assert read_json(tmp_path / "missing.json", default=None) is None

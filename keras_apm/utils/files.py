@@ -321,7 +321,7 @@ def read_json(path, what="JSON file", fix="", default=_RAISE):
         path: the file.
         what: what the file is, in the caller's words (`"--label-map"`,
             `"Preset file"`): the error reads `"{what} {path!r} is not
-            valid JSON (...). {fix}"`.
+            valid JSON (...). {fix}"` (or `cannot be read`).
         fix: how to fix it, appended to the error.
         default: returned instead of raising when the file is missing or
             not JSON (for files that may be absent or damaged, e.g. a
@@ -337,9 +337,10 @@ def read_json(path, what="JSON file", fix="", default=_RAISE):
     except (OSError, ValueError) as e:
         if default is not _RAISE:
             return default
+        problem = "cannot be read" if isinstance(e, OSError) else "is not valid JSON"
         raise ValueError(
-            f"{what} {os.fspath(path)!r} is not valid JSON "
-            f"({type(e).__name__}: {e}). {fix}".rstrip()
+            f"{what} {os.fspath(path)!r} {problem} ({type(e).__name__}: {e}). "
+            f"{fix}".rstrip()
         ) from None
 
 
