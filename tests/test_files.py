@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from keras_apm.utils.files import atomic_write
+from keras_apm.utils.files import read_json
 from keras_apm.utils.files import write_json
 
 
@@ -77,3 +78,17 @@ def test_a_writer_that_writes_nothing_is_an_error(tmp_path):
     with pytest.raises(RuntimeError, match="wrote nothing"):
         atomic_write(tmp_path / "a.txt", lambda staged: None)
     assert os.listdir(tmp_path) == []
+
+
+def test_read_json_names_the_file_or_returns_the_default(tmp_path):
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    write_json(good, {"a": 1})
+    bad.write_bytes(b"{not json \xff")
+    assert read_json(good) == {"a": 1}
+    message = r"Label map '.*bad\.json' is not valid JSON \(.*\)\. Fix it\.$"
+    with pytest.raises(ValueError, match=message):
+        read_json(bad, "Label map", "Fix it.")
+    with pytest.raises(ValueError, match="missing.json' cannot be read"):
+        read_json(tmp_path / "missing.json")
+    assert read_json(bad, default={}) == {}
+    assert read_json(tmp_path / "missing.json", default=None) is None

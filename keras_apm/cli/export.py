@@ -2,6 +2,7 @@
 
 import os
 
+from keras_apm.cli import _arguments
 from keras_apm.export.checks import FORMAT_ALIASES
 from keras_apm.export.checks import FORMATS
 from keras_apm.export.checks import QUANTIZATIONS
@@ -64,19 +65,7 @@ def add_parser(subparsers):
         help="write an on-device TTT file (needs --teacher, --format tflite)",
     )  # fmt: skip
     ttt.add_argument("--teacher", help="teacher preset: name, handle or directory")
-    ttt.add_argument("--recipe", default=None, help="TTT recipe (default: default)")
-    ttt.add_argument("--steps", type=int, default=None, help="steps per image")
-    ttt.add_argument(
-        "--learning-rate", type=float, default=None, help="(default: the recipe's)"
-    )
-    ttt.add_argument(
-        "--locations-per-step", type=int, default=None,
-        help="grid locations each step trains on (default: all)",
-    )  # fmt: skip
-    ttt.add_argument(
-        "--class-embeddings", help=".npy (num_classes, dim) class embeddings"
-    )
-    ttt.add_argument("--seed", type=int, default=0, help="student init seed")
+    _arguments.add_ttt_settings(ttt)
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an existing --output"
     )
@@ -134,13 +123,7 @@ def _run_ttt(args):
             "--ttt takes --quantization float16 or none (the adapted weights "
             f"stay float32). Received --quantization {args.quantization}."
         )
-    check_flags(
-        args,
-        steps=dict(low=1, integer=True),
-        learning_rate=dict(low=0, low_open=True),
-        locations_per_step=dict(low=1, integer=True),
-        seed=dict(low=0, integer=True),
-    )
+    check_flags(args, **_arguments.TTT_SETTING_CHECKS)
     check_target(args.output, "tflite", args.overwrite)
     from keras_apm.export.ttt_litert import export_ttt
 
@@ -156,11 +139,7 @@ def _run_ttt(args):
         args.output,
         student=args.preset,
         classifier=classifier,
-        recipe=args.recipe,
-        steps=args.steps,
-        learning_rate=args.learning_rate,
-        seed=args.seed,
-        locations_per_step=args.locations_per_step,
+        **_arguments.ttt_settings(args),
         quantization=args.quantization,
         overwrite=args.overwrite,
     )

@@ -3,12 +3,6 @@
 from keras_apm.cli import _arguments
 from keras_apm.data.corruptions import CORRUPTIONS
 from keras_apm.ttt.recipes import LOSSES
-from keras_apm.ttt.recipes import RECIPES
-
-
-def _recipe_defaults(key):
-    """"default 10, official 20": each recipe's setting, for --help."""
-    return ", ".join(f"{name} {RECIPES[name][key]}" for name in sorted(RECIPES))
 
 
 def add_parser(subparsers):
@@ -30,36 +24,20 @@ def add_parser(subparsers):
         help="corrupt the images first (default: clean images)",
     )
     parser.add_argument("--severity", type=int, default=None, help="1..5 (default 5)")
-    parser.add_argument(
-        "--steps", type=int, default=None,
-        help="steps per image (default: the recipe's; "
-        + _recipe_defaults("steps") + ")",
-    )
+    _arguments.add_ttt_settings(parser, seed_help="init and corruption seed")
     parser.add_argument(
         "--batch-size", type=int, default=32, help="images adapted together"
     )
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
     parser.add_argument(
-        "--recipe", default=None, choices=sorted(RECIPES),
-        help="named settings (keras_apm.ttt.recipes; default: default)",
-    )
-    parser.add_argument(
         "--optimizer", default=None,
         help="a Keras optimizer name, e.g. adam, sgd (default: the recipe's; "
-        + _recipe_defaults("optimizer") + ")",
-    )
-    parser.add_argument(
-        "--learning-rate", type=float, default=None,
-        help="optimizer learning rate (default: the recipe's)",
+        + _arguments.recipe_defaults("optimizer") + ")",
     )
     parser.add_argument(
         "--loss", default=None, choices=LOSSES,
         help="global-vector loss (default: the recipe's; "
-        + _recipe_defaults("loss") + ")",
-    )
-    _arguments.add_seed(parser, help="init and corruption seed")
-    parser.add_argument(
-        "--class-embeddings", help=".npy file of (num_classes, dim) class embeddings"
+        + _arguments.recipe_defaults("loss") + ")",
     )
     parser.add_argument(
         "--templates", nargs="+",
@@ -89,10 +67,6 @@ def add_parser(subparsers):
     parser.add_argument(
         "--threads", type=int, default=None, help="LiteRT threads (with --tflite)"
     )
-    parser.add_argument(
-        "--locations-per-step", type=int, default=None,
-        help="grid locations each step trains on (default: all)",
-    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -103,13 +77,10 @@ def run(args):
     check_flags(
         args,
         severity=dict(low=1, high=5, integer=True),
-        steps=dict(low=1, integer=True),
         batch_size=dict(low=1, integer=True),
         limit=dict(low=1, integer=True),
-        learning_rate=dict(low=0, low_open=True),
-        seed=dict(low=0, integer=True),
         threads=dict(low=1, integer=True),
-        locations_per_step=dict(low=1, integer=True),
+        **_arguments.TTT_SETTING_CHECKS,
     )
     # Claimed (writable, locked, not another run's result) before any work.
     with OutputFile(args.output, overwrite=args.overwrite):
@@ -125,10 +96,8 @@ def _run(args):
     from keras_apm.ttt import TestTimeTrainer
     from keras_apm.ttt import classifier_for_teacher
     from keras_apm.ttt.evaluation import dataset_class_names
-    from keras_apm.ttt.evaluation import evaluate
     from keras_apm.ttt.evaluation import label_mapping
-    from keras_apm.ttt.evaluation import ttt_dataset
-    from keras_apm.utils.files import write_json
+    from keras_apm.utils.files import read_json
 
     if args.corruption is None and args.severity is not None:
         raise ValueError("--severity needs --corruption.")
@@ -136,17 +105,9 @@ def _run(args):
         raise ValueError("Pass --label-map or --no-accuracy, not both.")
     label_map = None
     if args.label_map is not None:
-        import json
-
-        try:
-            with open(args.label_map, encoding="utf-8") as f:
-                label_map = json.load(f)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(
-                f"--label-map {args.label_map!r} is not a readable JSON file "
-                f"({type(e).__name__}: {e}). Expected e.g. "
-                '{"cat": 3, "dog": 5}.'
-            ) from None
+        label_map = read_json(
+            args.label_map, "--label-map", 'Expected e.g. {"cat": 3, "dog": 5}.'
+        )
     severity = 5 if args.severity is None else args.severity
     if args.tflite is not None:
         return _run_litert(args, severity)
@@ -172,45 +133,22 @@ def _run(args):
         args.student,
         teacher,
         classifier,
-        steps=args.steps,
         optimizer=args.optimizer,
-        learning_rate=args.learning_rate,
         loss=args.loss,
-        seed=args.seed,
-        recipe=args.recipe,
         batch_size=args.batch_size,
-        locations_per_step=args.locations_per_step,
+        **_arguments.ttt_settings(args),
     )
-    dataset = ttt_dataset(
-        args.dataset,
-        args.split,
-        image_size=teacher.image_size,
-        batch_size=args.batch_size,
-        corruption=args.corruption,
-        severity=severity,
-        seed=args.seed,
-        limit=args.limit,
-        data_dir=args.data_dir,
-    )
-    record = evaluate(
+    record = _evaluate(
+        args,
         trainer,
-        dataset,
-        verbose=0 if args.quiet else 1,
-        settings={
-            "teacher": args.teacher,
-            "dataset": args.dataset,
-            "split": args.split,
-            "corruption": args.corruption,
-            "severity": severity if args.corruption else None,
-            "limit": args.limit,
-            "label_map": args.label_map,
-        },
+        teacher.image_size,
+        severity,
+        settings={"label_map": args.label_map},
         label_names=class_names,
         label_map=label_map,
         accuracy=not args.no_accuracy,
         folder_labels=folder_labels,
     )
-    write_json(args.output, record, indent=1)
 
     def percent(value):
         return "n/a" if value is None else f"{100 * value:.2f}%"
@@ -228,9 +166,6 @@ def _run(args):
 def _run_litert(args, severity):
     """`keras-apm ttt --tflite FILE`: the same run through a LiteRT file."""
     from keras_apm.export.ttt_runtime import LiteRTTestTimeTrainer
-    from keras_apm.ttt.evaluation import evaluate
-    from keras_apm.ttt.evaluation import ttt_dataset
-    from keras_apm.utils.files import write_json
 
     fixed = [
         flag
@@ -251,10 +186,29 @@ def _run_litert(args, severity):
     trainer = LiteRTTestTimeTrainer(
         args.tflite, num_threads=args.threads, steps=args.steps
     )
+    record = _evaluate(args, trainer, trainer.image_shape[:2], severity)
+    print(
+        f"{record['num_images']} images through {args.tflite} (LiteRT): "
+        f"agreement {100 * record['agreement']:.2f}%, "
+        f"{record['seconds_per_image']:.4f} s/image -> {args.output}"
+    )
+    return 0
+
+
+def _evaluate(args, trainer, image_size, severity, settings=None, **kwargs):
+    """Runs `trainer` over the data set of `args`, writes --output, returns it.
+
+    `settings`: entries recorded besides the data set's; `kwargs` go to
+    `keras_apm.ttt.evaluation.evaluate`.
+    """
+    from keras_apm.ttt.evaluation import evaluate
+    from keras_apm.ttt.evaluation import ttt_dataset
+    from keras_apm.utils.files import write_json
+
     dataset = ttt_dataset(
         args.dataset,
         args.split,
-        image_size=trainer.image_shape[:2],
+        image_size=image_size,
         batch_size=args.batch_size,
         corruption=args.corruption,
         severity=severity,
@@ -269,13 +223,9 @@ def _run_litert(args, severity):
         "corruption": args.corruption,
         "severity": severity if args.corruption else None,
         "limit": args.limit,
+        **(settings or {}),
     }
     verbose = 0 if args.quiet else 1
-    record = evaluate(trainer, dataset, verbose=verbose, settings=settings)
+    record = evaluate(trainer, dataset, verbose=verbose, settings=settings, **kwargs)
     write_json(args.output, record, indent=1)
-    print(
-        f"{record['num_images']} images through {args.tflite} (LiteRT): "
-        f"agreement {100 * record['agreement']:.2f}%, "
-        f"{record['seconds_per_image']:.4f} s/image -> {args.output}"
-    )
-    return 0
+    return record

@@ -307,24 +307,23 @@ class DistillCheckpoint(keras.callbacks.Callback):
         return int(state["epoch"])
 
     @staticmethod
-    def _damaged(file, error, expected):
-        """The error for a checkpoint file that cannot be read."""
-        checkpoint = os.path.dirname(file)
-        return ValueError(
-            f"The checkpoint file {file!r} is damaged ({type(error).__name__}"
-            f": {error}); expected {expected}. Delete the checkpoint "
-            f"{checkpoint!r} to resume from an earlier one, or start over "
-            "without --resume (`resume=False`; --overwrite to replace the "
-            "run)."
-        )
+    def _read(path, name, read, expected, errors):
+        """`read(file)` of the checkpoint's file `name`; `errors` mean damage."""
+        file = os.path.join(path, name)
+        try:
+            return read(file)
+        except errors as e:
+            checkpoint = os.path.dirname(file)
+            raise ValueError(
+                f"The checkpoint file {file!r} is damaged ({type(e).__name__}"
+                f": {e}); expected {expected}. Delete the checkpoint "
+                f"{checkpoint!r} to resume from an earlier one, or start over "
+                "without --resume (`resume=False`; --overwrite to replace the "
+                "run)."
+            ) from None
 
     def _read_state(self, path):
-        file = os.path.join(path, STATE_FILE)
-        expected = (
-            "a JSON object with the completed `epoch` (an int >= 0), as "
-            "`DistillCheckpoint.save` writes it"
-        )
-        try:
+        def read(file):
             with open(file, encoding="utf-8") as f:
                 state = json.load(f)
             if not isinstance(state, dict):
@@ -334,24 +333,29 @@ class DistillCheckpoint(keras.callbacks.Callback):
                 epoch < 0
             ):
                 raise ValueError(f"its `epoch` is {epoch!r}")
-        except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
-            raise self._damaged(file, e, expected) from None
-        return state
+            return state
+
+        expected = (
+            "a JSON object with the completed `epoch` (an int >= 0), as "
+            "`DistillCheckpoint.save` writes it"
+        )
+        errors = (OSError, UnicodeDecodeError, ValueError, TypeError)
+        return self._read(path, STATE_FILE, read, expected, errors)
 
     def _read_optimizer(self, path):
-        file = os.path.join(path, OPTIMIZER_FILE)
+        def read(file):
+            with np.load(file, allow_pickle=False) as data:
+                return [data[f"v{i:05d}"] for i in range(len(data.files))]
+
         expected = (
             "a NumPy .npz archive of the optimizer's variables (v00000, "
             "v00001, ...), as `DistillCheckpoint.save` writes it"
         )
-        try:
-            with np.load(file, allow_pickle=False) as data:
-                return [data[f"v{i:05d}"] for i in range(len(data.files))]
-        except (
+        errors = (
             OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile,
             TypeError,  # a .npy file: np.load returns an array, no archive
-        ) as e:
-            raise self._damaged(file, e, expected) from None
+        )  # fmt: skip
+        return self._read(path, OPTIMIZER_FILE, read, expected, errors)
 
     @staticmethod
     def _load_student(student, preset):

@@ -156,8 +156,20 @@ class HeadDistillation(keras.distillation.DistillationLoss):
         return f"{type(self).__name__}({self.get_config()})"
 
 
+class _OneHeadDistillation(HeadDistillation):
+    """A `HeadDistillation` of the fixed head `HEAD`: configured by `loss`."""
+
+    HEAD = None
+
+    def __init__(self, loss=None):
+        super().__init__(self.HEAD, loss)
+
+    def get_config(self):
+        return {"loss": self.loss}
+
+
 @keras.saving.register_keras_serializable(package="keras_apm")
-class GridDistillation(HeadDistillation):
+class GridDistillation(_OneHeadDistillation):
     """The feature grid against the teacher's `"grid"` (MSE; logs
     `grid_loss` and `grid_cosine`).
 
@@ -165,30 +177,22 @@ class GridDistillation(HeadDistillation):
     >>> APMDistiller(student, teacher, distillation_losses=[GridDistillation()])
     """
 
-    def __init__(self, loss=None):
-        super().__init__(FEATURES, loss)
-
-    def get_config(self):
-        return {"loss": self.loss}
+    HEAD = FEATURES
 
 
 @keras.saving.register_keras_serializable(package="keras_apm")
-class RGBDistillation(HeadDistillation):
+class RGBDistillation(_OneHeadDistillation):
     """The RGB decode against the patch-pooled image (MSE; `rgb_loss`).
 
     Example:
     >>> RGBDistillation().compute_loss({"rgb": target}, {"rgb": decode})
     """
 
-    def __init__(self, loss=None):
-        super().__init__(RGB, loss)
-
-    def get_config(self):
-        return {"loss": self.loss}
+    HEAD = RGB
 
 
 @keras.saving.register_keras_serializable(package="keras_apm")
-class GlobalDistillation(HeadDistillation):
+class GlobalDistillation(_OneHeadDistillation):
     """The global vector against the teacher's `"global"`: `1 - cosine`
     (default) or `"mse"`; logs `global_loss` and `global_cosine`.
 
@@ -196,11 +200,7 @@ class GlobalDistillation(HeadDistillation):
     >>> GlobalDistillation("mse")
     """
 
-    def __init__(self, loss=None):
-        super().__init__(GLOBAL, loss)
-
-    def get_config(self):
-        return {"loss": self.loss}
+    HEAD = GLOBAL
 
 
 @keras.saving.register_keras_serializable(package="keras_apm")

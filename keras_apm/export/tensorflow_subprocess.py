@@ -6,11 +6,14 @@ parent saves the model as a preset and starts
 
     KERAS_BACKEND=tensorflow python -m keras_apm.export.tensorflow_subprocess \\
         --preset DIR --jobs JOBS.json [--representative-data X.npy] \\
-        --error-file ERROR.json [--import MODULE ...]
+        --error-file ERROR.json [--import MODULE ...] [--runner MODULE:NAME]
 
 which imports the modules that define the layers of added output heads
 (`APM(extra_heads=...)`; like any Keras custom layer, their classes must be
-imported to rebuild the model), loads the preset and runs `tensorflow_export.export_jobs`. On failure
+imported to rebuild the model) and hands the preset and the jobs to the job
+runner: `export_preset_jobs` here (loads the preset and runs
+`tensorflow_export.export_jobs`), `ttt_litert.run_ttt_jobs` for on-device
+TTT files. On failure
 the child writes `{"type", "message"}` to the error file, so the parent
 raises a `ValueError` with the same message (other errors as RuntimeError).
 
@@ -38,6 +41,7 @@ from keras_apm.utils.files import temporary_directory
 from keras_apm.utils.files import terminate_as_exit
 
 MODULE = "keras_apm.export.tensorflow_subprocess"
+RUNNER = f"{MODULE}:export_preset_jobs"
 TMP_PREFIX = "keras_apm_export_"
 # How often the child looks for its parent, and how long it may take to
 # unwind after its parent died before it exits hard.
@@ -46,13 +50,14 @@ UNWIND_GRACE_S = 30.0
 
 
 def run_in_subprocess(preset_dir, jobs, representative_data=None, imports=(),
-                      module=MODULE):
+                      runner=RUNNER):
     """Runs `export_jobs` on the preset at `preset_dir` in a subprocess.
 
     `imports`: modules (imported in this process) that the child imports
-    first, found on the same path as here. `module` is the child's entry
-    point: this module, or another that takes the same arguments
-    (`keras_apm.export.ttt_litert` for on-device TTT).
+    first, found on the same path as here. `runner` (`"module:function"`)
+    is what the child calls with `(preset_dir, jobs, representative_data)`:
+    `export_preset_jobs` (exports), or `keras_apm.export.ttt_litert:
+    run_ttt_jobs` (on-device TTT files).
 
     Example:
     ```python
@@ -68,9 +73,9 @@ def run_in_subprocess(preset_dir, jobs, representative_data=None, imports=(),
         with open(jobs_file, "w", encoding="utf-8") as f:
             json.dump(jobs, f)
         command = [
-            sys.executable, "-m", module, "--preset", preset_dir,
+            sys.executable, "-m", MODULE, "--preset", preset_dir,
             "--jobs", jobs_file, "--error-file", error_file,
-            "--parent-pid", str(os.getpid()),
+            "--parent-pid", str(os.getpid()), "--runner", runner,
         ]  # fmt: skip
         folders = []
         for name in imports:
@@ -156,7 +161,16 @@ def _die_with_parent(parent_pid):
     threading.Thread(target=watch, daemon=True).start()
 
 
+def export_preset_jobs(preset_dir, jobs, representative_data=None):
+    """The export job runner: `export_jobs` on the preset's model."""
+    from keras_apm.export.exportable import load_exportable
+    from keras_apm.export.tensorflow_export import export_jobs
+
+    export_jobs(load_exportable(preset_dir), jobs, representative_data)
+
+
 def main(argv=None):
+    """The child's entry point: imports, then the job runner on the jobs."""
     parser = argparse.ArgumentParser(prog=MODULE)
     parser.add_argument("--preset", required=True)
     parser.add_argument("--jobs", required=True)
@@ -164,6 +178,7 @@ def main(argv=None):
     parser.add_argument("--error-file", required=True)
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--import", dest="imports", action="append", default=[])
+    parser.add_argument("--runner", default=RUNNER)
     args = parser.parse_args(argv)
     if args.parent_pid is not None:
         _die_with_parent(args.parent_pid)
@@ -178,18 +193,16 @@ def main(argv=None):
             )
         import importlib
 
-        from keras_apm.export.exportable import load_exportable
-        from keras_apm.export.tensorflow_export import export_jobs
-
         for module in args.imports:
             importlib.import_module(module)
-
+        runner_module, runner_name = args.runner.split(":")
+        runner = getattr(importlib.import_module(runner_module), runner_name)
         with open(args.jobs, encoding="utf-8") as f:
             jobs = json.load(f)
         data = None
         if args.representative_data:
             data = np.load(args.representative_data)
-        export_jobs(load_exportable(args.preset), jobs, data)
+        runner(args.preset, jobs, data)
     except Exception as e:  # handed to the parent, which raises it.
         with open(args.error_file, "w", encoding="utf-8") as f:
             json.dump({"type": type(e).__name__, "message": str(e)}, f)

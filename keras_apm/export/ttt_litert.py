@@ -40,8 +40,6 @@ weights, so the file starts from the same student as the caller's
 `TestTimeTrainer`.
 """
 
-import importlib
-import json
 import os
 
 import keras
@@ -53,7 +51,6 @@ from keras_apm.utils.files import terminate_as_exit
 
 TTT_SIGNATURES = ("targets", "train", "reset", "classify", "infer", "settings")
 TTT_QUANTIZATIONS = (None, "float16")
-MODULE = "keras_apm.export.ttt_litert"
 
 
 def export_ttt(
@@ -172,7 +169,7 @@ def _export_in_subprocess(trainer, teacher_preset, job):
             recipe=trainer.recipe,
             locations_per_step=trainer.locations_per_step,
         )
-        run_in_subprocess(preset_dir, [job], module=MODULE)
+        run_in_subprocess(preset_dir, [job], runner=f"{__name__}:run_ttt_jobs")
 
 
 def _classifier_error(classifier):
@@ -426,37 +423,7 @@ def _child_trainer(preset_dir, job):
     )
 
 
-def main(argv=None):
-    """The subprocess entry point (`tensorflow_subprocess` arguments)."""
-    import argparse
-
-    from keras_apm.export.tensorflow_subprocess import _die_with_parent
-
-    parser = argparse.ArgumentParser(prog=MODULE)
-    parser.add_argument("--preset", required=True)
-    parser.add_argument("--jobs", required=True)
-    parser.add_argument("--error-file", required=True)
-    parser.add_argument("--parent-pid", type=int, default=None)
-    # Modules defining the layers of added output heads (as the export child).
-    parser.add_argument("--import", dest="imports", action="append", default=[])
-    args = parser.parse_args(argv)
-    if args.parent_pid is not None:
-        _die_with_parent(args.parent_pid)
-    try:
-        for name in args.imports:
-            importlib.import_module(name)
-        with open(args.jobs, encoding="utf-8") as f:
-            jobs = json.load(f)
-        for job in jobs:
-            write_ttt_tflite(_child_trainer(args.preset, job), job)
-    except Exception as e:  # handed to the parent, which raises it.
-        with open(args.error_file, "w", encoding="utf-8") as f:
-            json.dump({"type": type(e).__name__, "message": str(e)}, f)
-        raise
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())
+def run_ttt_jobs(preset_dir, jobs, representative_data=None):
+    """The TTT job runner of `tensorflow_subprocess` (student preset)."""
+    for job in jobs:
+        write_ttt_tflite(_child_trainer(preset_dir, job), job)

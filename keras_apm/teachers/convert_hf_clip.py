@@ -42,14 +42,21 @@ import keras_hub
 import numpy as np
 
 
-def _check_activation(config, tower):
+def _transformer_args(config, tower):
+    """The transformer sizes both CLIP towers take, from a tower's config."""
     activation = config.get("hidden_act", "quick_gelu")
     if activation not in ("quick_gelu", "gelu"):
         raise ValueError(
             f"keras-hub's CLIP takes `hidden_act` 'quick_gelu' or 'gelu'; "
             f"the checkpoint's {tower} config has {activation!r}."
         )
-    return activation
+    return dict(
+        hidden_dim=int(config["hidden_size"]),
+        num_layers=int(config["num_hidden_layers"]),
+        num_heads=int(config["num_attention_heads"]),
+        intermediate_dim=int(config["intermediate_size"]),
+        intermediate_activation=activation,
+    )
 
 
 def convert_backbone_config(transformers_config, image_shape=None):
@@ -72,22 +79,14 @@ def convert_backbone_config(transformers_config, image_shape=None):
     return {
         "vision_encoder": keras_hub.models.CLIPVisionEncoder(
             patch_size=int(vision["patch_size"]),
-            hidden_dim=int(vision["hidden_size"]),
-            num_layers=int(vision["num_hidden_layers"]),
-            num_heads=int(vision["num_attention_heads"]),
-            intermediate_dim=int(vision["intermediate_size"]),
-            intermediate_activation=_check_activation(vision, "vision"),
             image_shape=(size, size, 3),
+            **_transformer_args(vision, "vision"),
         ),
         "text_encoder": keras_hub.models.CLIPTextEncoder(
             vocabulary_size=int(text["vocab_size"]),
             embedding_dim=int(text["hidden_size"]),
-            hidden_dim=int(text["hidden_size"]),
-            num_layers=int(text["num_hidden_layers"]),
-            num_heads=int(text["num_attention_heads"]),
-            intermediate_dim=int(text["intermediate_size"]),
-            intermediate_activation=_check_activation(text, "text"),
             max_sequence_length=int(text["max_position_embeddings"]),
+            **_transformer_args(text, "text"),
         ),
         "projection_dim": int(projection_dim),
     }

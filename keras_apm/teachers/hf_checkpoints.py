@@ -25,7 +25,6 @@ teacher = keras_apm.teachers.Teacher.from_preset("hf://facebook/dinov2-small")
 ```
 """
 
-import json
 import os
 
 import keras
@@ -33,6 +32,7 @@ import keras_hub
 import numpy as np
 
 from keras_apm.teachers.hf_image_converter import HFImageConverter
+from keras_apm.utils import files
 from keras_apm.utils import keras_hub_compat
 
 HF_PREFIX = "hf://"
@@ -61,11 +61,7 @@ def is_hf_checkpoint(preset):
     path = os.path.join(preset, CONFIG_FILE)
     if not os.path.isfile(path):
         return False
-    try:
-        with open(path, encoding="utf-8") as file:
-            config = json.load(file)
-    except (OSError, ValueError):
-        return False
+    config = files.read_json(path, default=None)
     return isinstance(config, dict) and "model_type" in config
 
 
@@ -90,8 +86,11 @@ def read_json(preset, filename):
             "the files `save_pretrained` writes (config.json, "
             "model.safetensors, preprocessor_config.json)."
         ) from None
-    with open(path, encoding="utf-8") as file:
-        return json.load(file)
+    return files.read_json(
+        path,
+        "The Hugging Face checkpoint file",
+        "Save the checkpoint again (`save_pretrained`) or download it again.",
+    )
 
 
 def _first_line(error):
@@ -338,16 +337,9 @@ def load_clip_tokenizer(preset):
     return convert_hf_clip.convert_tokenizer(vocabulary, merges)
 
 
-def teacher_from_checkpoint(
-    cls,
-    preset,
-    layers=None,
-    resize_to_grid=None,
-    normalize_levels=True,
-    load_weights=True,
-    **kwargs,
-):
-    """What `Teacher.from_preset` returns for a Hugging Face checkpoint."""
+def checkpoint_model(cls, preset, load_weights=True, **kwargs):
+    """The `(teacher class, model, image converter)` of a Hugging Face
+    checkpoint, for `Teacher.from_preset` (`cls`) to build its teacher."""
     from keras_apm.teachers import teacher_registry
 
     unknown = sorted(set(kwargs) - {"dtype"})
@@ -370,10 +362,4 @@ def teacher_from_checkpoint(
             f"`{teacher_cls.__name__}` adapts, not `{cls.__name__}`. Use "
             "`Teacher.from_preset`."
         )
-    return teacher_cls(
-        model,
-        layers=layers,
-        resize_to_grid=resize_to_grid,
-        image_converter=converter,
-        normalize_levels=normalize_levels,
-    )
+    return teacher_cls, model, converter

@@ -583,15 +583,24 @@ class Teacher(keras.layers.Layer):
         from keras_apm.teachers import hf_checkpoints
 
         if hf_checkpoints.is_hf_checkpoint(preset):
-            return hf_checkpoints.teacher_from_checkpoint(
-                cls,
-                preset,
-                layers=layers,
-                resize_to_grid=resize_to_grid,
-                normalize_levels=normalize_levels,
-                load_weights=load_weights,
-                **kwargs,
+            teacher_cls, model, converter = hf_checkpoints.checkpoint_model(
+                cls, preset, load_weights=load_weights, **kwargs
             )
+        else:
+            teacher_cls, model, converter = cls._preset_model(
+                preset, load_weights=load_weights, **kwargs
+            )
+        return teacher_cls(
+            model,
+            layers=layers,
+            resize_to_grid=resize_to_grid,
+            image_converter=converter,
+            normalize_levels=normalize_levels,
+        )
+
+    @classmethod
+    def _preset_model(cls, preset, load_weights=True, **kwargs):
+        """The `(teacher class, model, image converter)` of a keras-hub preset."""
         # Checksums and files of a local preset, named when bad (keras-hub
         # reads them without saying which file failed).
         from keras_apm.utils import preset_files
@@ -622,13 +631,7 @@ class Teacher(keras.layers.Layer):
             converter = getattr(model.preprocessor, "image_converter", None)
         if converter is None:
             converter = teacher_utils.load_preset_image_converter(preset)
-        return teacher_cls(
-            model,
-            layers=layers,
-            resize_to_grid=resize_to_grid,
-            image_converter=converter,
-            normalize_levels=normalize_levels,
-        )
+        return teacher_cls, model, converter
 
     @classmethod
     def _adapter_for(cls, model_cls):

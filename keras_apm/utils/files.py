@@ -36,6 +36,7 @@ import uuid
 
 TMP_PREFIX = ".tmp-"
 MANIFEST_FILE = "checksums.json"
+_RAISE = object()
 
 
 def staging_path(path, suffix=None):
@@ -311,6 +312,36 @@ def write_json(path, value, indent=2):
             f.write("\n")
 
     return atomic_write(path, write)
+
+
+def read_json(path, what="JSON file", fix="", default=_RAISE):
+    """Reads a JSON file; an unreadable one is a `ValueError` that names it.
+
+    Args:
+        path: the file.
+        what: what the file is, in the caller's words (`"--label-map"`,
+            `"Preset file"`): the error reads `"{what} {path!r} is not
+            valid JSON (...). {fix}"` (or `cannot be read`).
+        fix: how to fix it, appended to the error.
+        default: returned instead of raising when the file is missing or
+            not JSON (for files that may be absent or damaged, e.g. a
+            run's manifest).
+
+    Example:
+    >>> read_json("summary.json", "Summary", "Re-run the command.")
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    # UnicodeDecodeError and json.JSONDecodeError are ValueErrors.
+    except (OSError, ValueError) as e:
+        if default is not _RAISE:
+            return default
+        problem = "cannot be read" if isinstance(e, OSError) else "is not valid JSON"
+        raise ValueError(
+            f"{what} {os.fspath(path)!r} {problem} ({type(e).__name__}: {e}). "
+            f"{fix}".rstrip()
+        ) from None
 
 
 # --- checksums ---------------------------------------------------------------

@@ -18,7 +18,6 @@ a long run costs more than a clear error now. `check_weights=False` (a
 a broken preset.
 """
 
-import json
 import os
 import socket
 from urllib.parse import urlparse
@@ -26,6 +25,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from keras_apm.utils.files import MANIFEST_FILE
+from keras_apm.utils.files import read_json
 from keras_apm.utils.files import verify_manifest
 
 CONFIG_FILE = "config.json"
@@ -92,15 +92,11 @@ def probe_hub(handle, timeout=PROBE_TIMEOUT_S):
 
 
 def _read_json(path, what):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(
-            f"Preset file {path!r} is not valid JSON ({type(e).__name__}: "
-            f"{e}). Expected the {what} written by `save_to_preset`; re-save "
-            "the preset."
-        ) from None
+    return read_json(
+        path,
+        "Preset file",
+        f"Expected the {what} written by `save_to_preset`; re-save the preset.",
+    )
 
 
 def verify_preset(directory, names=None):

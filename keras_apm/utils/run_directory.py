@@ -42,6 +42,7 @@ try:
 except ImportError:  # Not POSIX: runs are not locked.
     fcntl = None
 
+from keras_apm.utils.files import read_json
 from keras_apm.utils.files import resolve_inside
 from keras_apm.utils.files import staging_path
 from keras_apm.utils.files import terminate_as_exit
@@ -193,11 +194,7 @@ def read_manifest(directory):
     path = os.path.join(os.fspath(directory), MANIFEST_FILE)
     if not os.path.lexists(path):
         return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, ValueError):
-        return {}
+    manifest = read_json(path, default={})
     return manifest if isinstance(manifest, dict) else {}
 
 

@@ -9,7 +9,6 @@ disk says never makes the cache read, rewrite or delete anything else.
 """
 
 import hashlib
-import json
 import os
 import re
 
@@ -17,6 +16,7 @@ import keras
 import numpy as np
 
 from keras_apm.models.apm import apm_outputs
+from keras_apm.utils.files import read_json
 from keras_apm.utils.files import resolve_inside
 
 MANIFEST_FILE = "manifest.json"
@@ -145,13 +145,9 @@ def read_manifest(directory):
             f"{directory!r} is not a teacher-feature cache (no "
             f"{MANIFEST_FILE}). Write one with `cache_teacher_features`."
         )
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(
-            f"The cache manifest {path!r} is not valid JSON ({e})."
-        ) from None
+    manifest = read_json(
+        path, "The cache manifest", "Write the cache again (`cache_teacher_features`)."
+    )
     if not isinstance(manifest, dict):
         raise ValueError(f"The cache manifest {path!r} is not a JSON object.")
     _check_version(manifest.get("format_version"), directory)

@@ -27,13 +27,13 @@ check_student_teacher(student, teacher, num_levels=2)
 """
 
 import inspect
-import json
 import os
 
 import numpy as np
 
 from keras_apm.models.apm.apm_backbone import APM
 from keras_apm.teachers import Teacher
+from keras_apm.utils.files import read_json
 from keras_apm.utils.validation import check_number
 
 SIZINGS = ("distill", "ttt")
@@ -143,13 +143,9 @@ def default_student_config(
 def _config_from_json(path):
     if not os.path.isfile(path):
         raise ValueError(f"Student config file {path!r} does not exist.")
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(
-                f"Student config {path!r} is not valid JSON ({e})."
-            ) from None
+    return read_json(
+        path, "Student config", "Expected a JSON object of `APM` arguments."
+    )
 
 
 def _model_from_config(config, where):
