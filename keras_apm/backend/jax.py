@@ -119,3 +119,8 @@ def barrier(strategy):
 
 # No fast kernels: XLA fuses the generic `keras.ops` form (`fused_ops`).
 fused_ops = None
+
+
+def process_count():
+    """Processes sharing the Keras distribution's global batch."""
+    return jax.process_count()

@@ -115,3 +115,9 @@ def barrier(strategy):
 
 # No fast kernels: XLA and Grappler fuse the generic form (`fused_ops`).
 fused_ops = None
+
+
+def process_count():
+    """Processes sharing the Keras distribution's global batch: a
+    `keras.distribution` (the only user) spans one process here."""
+    return 1

@@ -83,3 +83,9 @@ def join_processes(addresses, num_processes, process_id):
         f"KERAS_BACKEND='torch'. Received num_processes={num_processes}. "
         "Run one process, or set KERAS_BACKEND=jax or tensorflow."
     )
+
+
+def process_count():
+    """Processes sharing the Keras distribution's global batch: a
+    `keras.distribution` (the only user) spans one process here."""
+    return 1

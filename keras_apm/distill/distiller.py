@@ -31,12 +31,7 @@ def _local_batch_divisor():
         return 1
     devices = mesh.shape[mesh.axis_names.index(batch_axis)]
     # The global batch is split over every process; each feeds its share.
-    processes = 1
-    if keras.backend.backend() == "jax":
-        import jax
-
-        processes = jax.process_count()
-    return max(1, devices // processes)
+    return max(1, devices // backend_module().process_count())
 
 
 def _check_weight(value, name):
