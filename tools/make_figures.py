@@ -7,7 +7,7 @@ in order, so the page and the figures cannot drift apart) and then copies the
 figures the page shows into `--output`:
 
 ```shell
-python tools/make_figures.py --output docs/images   # about 6 minutes, 2 cores
+KERAS_BACKEND=torch python tools/make_figures.py --output docs/images   # about 1.5 minutes, 2 cores
 ```
 """
 
