@@ -13,6 +13,7 @@ from keras_apm.models.apm.apm_outputs import FEATURES
 from keras_apm.models.apm.apm_outputs import GLOBAL
 from keras_apm.models.apm.apm_outputs import TEACHER_GLOBAL
 from keras_apm.models.apm.apm_outputs import TEACHER_LEVELS
+from keras_apm.utils.validation import check_number
 from keras_apm.utils.validation import check_pixel_dtype
 from keras_apm.utils.validation import check_raw_pixels
 from keras_apm.utils.validation import static_shape
@@ -35,13 +36,7 @@ def _local_batch_divisor():
 
 
 def _check_weight(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(
-            f"`{name}` must be a non-negative number. Received {value!r}."
-        )
-    if not value >= 0:
-        raise ValueError(f"`{name}` must be >= 0. Received {value!r}.")
-    return float(value)
+    return float(check_number(value, f"`{name}`", low=0))
 
 
 def _head_weight(value, name, has_head, head):

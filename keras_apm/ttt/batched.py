@@ -30,6 +30,7 @@ from keras_apm.models.apm.apm_outputs import RGB
 from keras_apm.ttt import recipes
 from keras_apm.ttt.subsets import check_locations_per_step
 from keras_apm.ttt.subsets import step_indices
+from keras_apm.utils.validation import check_number
 
 LOSSES = recipes.LOSSES
 
@@ -173,19 +174,11 @@ class BatchedTTT:
         locations_per_step=None,
         seed=0,
     ):
-        if (
-            isinstance(steps, bool)
-            or not isinstance(steps, (int, np.integer))
-            or steps < 1
-        ):
-            raise ValueError(f"`steps` must be a positive int. Received {steps!r}")
+        check_number(steps, "`steps`", low=1, integer=True)
         if loss not in LOSSES:
             raise ValueError(f"`loss` must be one of {LOSSES}. Received {loss!r}")
-        for name, value in (("grid_weight", grid_weight), ("rgb_weight", rgb_weight)):
-            if not np.isfinite(value) or value < 0:
-                raise ValueError(
-                    f"`{name}` must be a finite number >= 0. Received {value!r}"
-                )
+        check_number(grid_weight, "`grid_weight`", low=0)
+        check_number(rgb_weight, "`rgb_weight`", low=0)
         recipes.check_elementwise(optimizer)
         check_student(student, with_rgb=rgb_weight > 0)
         self.student = student
