@@ -125,6 +125,80 @@ def test_converted_data_is_refused_not_rescaled(distiller, mock_tfds):
     assert np.isfinite(distiller.fit(raw, epochs=1, verbose=0).history["loss"][0])
 
 
+def _grain_dicts(size, n=5, key="image"):
+    import grain
+
+    rng = np.random.default_rng(0)
+    examples = [
+        {key: rng.integers(0, 256, (*size, 3), dtype=np.uint8), "label": i}
+        for i in range(n)
+    ]
+    return grain.MapDataset.source(examples)
+
+
+def test_fit_on_grain_dicts_of_another_size(distiller):
+    # Batches of `{"image", "label"}` at 20x20 for a 32x32 student/teacher,
+    # resized by the same function as tf.data elements.
+    ds = _grain_dicts((20, 20)).batch(2)
+    batch = next(iter(distiller.adapt_dataset(ds)))
+    assert sorted(batch) == ["images"]
+    assert batch["images"].shape == (2, 32, 32, 3)
+    history = distiller.fit(ds, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    # Unbatched elements of varying size are converted, then batched.
+    import grain
+
+    rng = np.random.default_rng(1)
+    varying = grain.MapDataset.source(
+        [rng.integers(0, 256, (h, 24, 3), dtype=np.uint8) for h in (16, 40, 9)]
+    )
+    batches = list(distiller.adapt_dataset(varying, batch_size=2))
+    assert [b["images"].shape[0] for b in batches] == [2, 1]
+    # An IterDataset and a DataLoader (unbatched: `batch_size` batches it).
+    iterable = _grain_dicts((20, 20)).to_iter_dataset().batch(2)
+    assert next(iter(distiller.adapt_dataset(iterable)))["images"].shape == (
+        2, 32, 32, 3
+    )
+    loader = grain.DataLoader(
+        data_source=[{"image": image} for image in varying],
+        sampler=grain.samplers.IndexSampler(3, num_epochs=1, shuffle=False),
+    )
+    batches = list(distiller.adapt_dataset(loader, batch_size=2))
+    assert [b["images"].shape for b in batches] == [(2, 32, 32, 3), (1, 32, 32, 3)]
+
+
+def test_fit_on_numpy_images_of_another_size(distiller):
+    grey = np.random.default_rng(0).integers(0, 256, (4, 12, 12, 1), np.uint8)
+    inputs = distiller.adapt_dataset(grey)
+    assert inputs["images"].shape == (4, 32, 32, 3)
+    # Same numbers as the tf.data path (TensorFlow's resize on TensorFlow).
+    tf_batch = next(
+        iter(distiller.adapt_dataset(tf.data.Dataset.from_tensor_slices(grey)))
+    )
+    atol = 1e-3 if keras.backend.backend() == "tensorflow" else 1.0
+    np.testing.assert_allclose(inputs["images"], tf_batch["images"], atol=atol)
+    history = distiller.fit(grey, epochs=1, batch_size=2, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    history = distiller.fit({"image": grey, "label": np.arange(4)}, epochs=1,
+                            batch_size=4, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_grain_and_numpy_refuse_what_tf_data_refuses(distiller):
+    import grain
+
+    wrong_key = "Expected dataset elements with an image feature 'image'"
+    with pytest.raises(ValueError, match=wrong_key):
+        distiller.fit(_grain_dicts((8, 8), key="img").batch(2), verbose=0)
+    unit = np.random.default_rng(0).uniform(0, 1, (2, 8, 8, 3)).astype("float32")
+    with pytest.raises(ValueError, match="look already converted"):
+        distiller.fit(grain.MapDataset.source(list(unit)), verbose=0)
+    with pytest.raises(ValueError, match="look already converted"):
+        distiller.fit({"image": unit}, verbose=0)
+    with pytest.raises(ValueError, match=r"Received dtype str"):
+        distiller.fit(np.full((2, 8, 8, 3), "x"), verbose=0)
+
+
 def test_teacher_uses_keras_hub_converter(vit_preset):  # noqa: F811
     import keras_hub
 

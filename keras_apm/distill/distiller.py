@@ -35,6 +35,14 @@ def _local_batch_divisor():
     return max(1, devices // backend_module().process_count())
 
 
+def _holds_images(element):
+    """Whether a (spec of a) dataset element is already a distiller batch
+    (a dict with `"images"`, or an `(x, ...)` tuple of one)."""
+    if isinstance(element, (tuple, list)) and element:
+        element = element[0]
+    return isinstance(element, dict) and "images" in element
+
+
 def _check_weight(value, name):
     return float(check_number(value, f"`{name}`", low=0))
 
@@ -564,44 +572,62 @@ class APMDistiller(keras.Model):
     # JAX/torch, and images of varying size must be resized before batching).
 
     def adapt_dataset(self, dataset, batch_size=None):
-        """Maps a user's `tf.data.Dataset` to the distiller's batches.
+        """Maps a user's `tf.data`, Grain or NumPy data to the distiller's
+        batches.
 
         `tfds.load(...)` feature dicts (`"image"`; other fields such as
         string ids are dropped) and `as_supervised=True` tuples, batched or
         not, uint8 or float `[0, 255]` images of any and varying size, become
         batches of `{"images"[, "teacher_images"]}`: raw float32 pixels at
         the student's size (and the original resized to the teacher's size
-        when that differs). Datasets of dicts that already hold `"images"`
-        (e.g. `keras_apm.data.load_feature_cache`) and anything that is not
-        a `tf.data.Dataset` are returned unchanged. `fit`, `evaluate` and
-        `predict` call this themselves.
+        when that differs). A `grain.MapDataset`, `grain.IterDataset` or
+        `grain.DataLoader` of the same elements is mapped the same way
+        (`keras_apm.data.inputs.grain_inputs`), and so is a NumPy array
+        `(N, H, W, C)` or a dict `{"image": array, ...}`
+        (`keras_apm.data.inputs.array_inputs`; Keras batches it). Data that
+        already holds `"images"` (e.g. `keras_apm.data.load_feature_cache`)
+        and anything else is returned unchanged. `fit` and `evaluate` call
+        this themselves.
 
         Example:
         >>> ds = tfds.load("cifar10", split="train")  # {"id", "image", ...}
         >>> distiller.fit(ds, epochs=1)  # same as fit(adapt_dataset(ds))
         """
+        teacher_size = None
+        if self.teacher is not None:
+            teacher_size = self.teacher.image_size
+        sizes = dict(
+            image_size=self.student.image_shape[:2],
+            teacher_image_size=teacher_size,
+        )
+        batch_size = 32 if batch_size is None else batch_size
+        module = type(dataset).__module__
+        if isinstance(dataset, (np.ndarray, dict)):
+            # Checked without importing TensorFlow (NumPy on JAX/torch).
+            from keras_apm.data import inputs
+
+            if inputs.is_array_input(dataset):
+                return inputs.array_inputs(dataset, **sizes)
+            return dataset
+        if module.startswith("grain"):
+            from keras_apm.data import inputs
+
+            if not inputs.is_grain_input(dataset) or _holds_images(
+                next(iter(dataset), None)
+            ):
+                return dataset
+            return inputs.grain_inputs(dataset, batch_size=batch_size, **sizes)
         # Only a `tf.data.Dataset` is adapted; checked by module first so
-        # that NumPy inputs do not import TensorFlow on JAX/torch.
-        if not type(dataset).__module__.startswith("tensorflow"):
+        # that other inputs do not import TensorFlow on JAX/torch.
+        if not module.startswith("tensorflow"):
             return dataset
         from keras_apm.data import inputs
 
         if not inputs.is_adaptable(dataset):
             return dataset
-        spec = dataset.element_spec
-        if isinstance(spec, (tuple, list)) and spec:
-            spec = spec[0]
-        if isinstance(spec, dict) and "images" in spec:
+        if _holds_images(dataset.element_spec):
             return dataset
-        teacher_size = None
-        if self.teacher is not None:
-            teacher_size = self.teacher.image_size
-        return inputs.model_inputs(
-            dataset,
-            image_size=self.student.image_shape[:2],
-            batch_size=32 if batch_size is None else batch_size,
-            teacher_image_size=teacher_size,
-        )
+        return inputs.model_inputs(dataset, batch_size=batch_size, **sizes)
 
     def _drop_uneven_batches(self, dataset):
         """Under a `keras.distribution` (JAX `DataParallel`), drops the
@@ -622,13 +648,20 @@ class APMDistiller(keras.Model):
         if isinstance(images, np.ndarray):
             check_raw_pixels(images, "the distiller's images")
 
+    def _adapt(self, x, batch_size):
+        """`(x, batch_size)` for Keras: adapted datasets come batched."""
+        adapted = self.adapt_dataset(x, batch_size)
+        if adapted is not x and not isinstance(adapted, dict):
+            batch_size = None
+        return adapted, batch_size
+
     def fit(self, x=None, y=None, batch_size=None, **kwargs):
         """`keras.Model.fit`, on `tf.data` pipelines as `tfds.load` gives
-        them (see `adapt_dataset`; `batch_size` batches unbatched ones)."""
-        if self.adapt_dataset(x) is not x:
-            x, batch_size = self.adapt_dataset(x, batch_size), None
+        them, Grain datasets and NumPy images of any size (see
+        `adapt_dataset`; `batch_size` batches unbatched ones)."""
+        self._check_host_pixels(x)  # before the cast to float32
+        x, batch_size = self._adapt(x, batch_size)
         x = self._drop_uneven_batches(x)
-        self._check_host_pixels(x)
         if kwargs.get("validation_data") is not None:
             kwargs["validation_data"] = self._drop_uneven_batches(
                 self.adapt_dataset(kwargs["validation_data"])
@@ -636,11 +669,10 @@ class APMDistiller(keras.Model):
         return super().fit(x, y, batch_size=batch_size, **kwargs)
 
     def evaluate(self, x=None, y=None, batch_size=None, **kwargs):
-        """`keras.Model.evaluate`, adapting `tf.data` like `fit`."""
-        if self.adapt_dataset(x) is not x:
-            x, batch_size = self.adapt_dataset(x, batch_size), None
+        """`keras.Model.evaluate`, adapting its input like `fit`."""
+        self._check_host_pixels(x)  # before the cast to float32
+        x, batch_size = self._adapt(x, batch_size)
         x = self._drop_uneven_batches(x)
-        self._check_host_pixels(x)
         return super().evaluate(x, y, batch_size=batch_size, **kwargs)
 
     def compute_losses(self, results):
