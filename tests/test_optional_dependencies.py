@@ -124,6 +124,17 @@ def test_visualize_features_name_their_extra(hide, rng, tmp_path):
     assert not (tmp_path / "a.png").exists()
 
 
+def test_grain_input_names_the_grain_extra_numpy_needs_none(hide):
+    from keras_apm.data import inputs
+
+    hide("grain")
+    with pytest.raises(MissingDependencyError) as info:
+        inputs.grain_inputs([np.zeros((8, 8, 3), "uint8")], image_size=(4, 4))
+    _names_extra(info, "grain", "grain")
+    out = inputs.array_inputs(np.zeros((2, 8, 8, 1), "uint8"), image_size=(4, 4))
+    assert out["images"].shape == (2, 4, 4, 3)
+
+
 def test_loading_a_tflite_file_names_the_export_extra(hide, tmp_path):
     from keras_apm.export import runtime
 
