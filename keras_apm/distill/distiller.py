@@ -447,8 +447,9 @@ class APMDistiller(keras.Model):
                 f"Expected images of the student's size {expected}. Received "
                 f"shape {shape}. Resize them in the pipeline, e.g. "
                 f"`keras_apm.data.image_dataset(..., image_size=({height}, "
-                f"{width}))`, or pass the `tf.data.Dataset` to `fit` as it "
-                "is (see `APMDistiller.adapt_dataset`)."
+                f"{width}))`, or pass the `tf.data.Dataset`, Grain dataset "
+                "or NumPy array to `fit` as it is (see "
+                "`APMDistiller.adapt_dataset`)."
             )
         check_pixel_dtype(images)
         if isinstance(images, np.ndarray):
