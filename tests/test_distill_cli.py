@@ -395,6 +395,7 @@ def test_cli_choices_and_defaults_come_from_the_modules():
     from keras_apm.data.corruptions import CORRUPTIONS
     from keras_apm.distill.recipes import SCHEDULES
     from keras_apm.export.checks import FORMATS
+    from keras_apm.export.checks import FORMAT_ALIASES
     from keras_apm.export.checks import QUANTIZATIONS
     from keras_apm.ttt import recipes as ttt_recipes
     from keras_apm.visualize.islands import METHODS
@@ -409,7 +410,7 @@ def test_cli_choices_and_defaults_come_from_the_modules():
             parser = sub.choices[name]
         return {a.dest: a for a in parser._actions}
 
-    assert tuple(options("export")["format"].choices) == FORMATS
+    assert tuple(options("export")["format"].choices) == FORMATS + tuple(FORMAT_ALIASES)
     assert tuple(options("export")["quantization"].choices) == QUANTIZATIONS
     assert set(options("convert")["variant"].choices) == set(OFFICIAL_VARIANTS)
     assert tuple(options("ttt")["corruption"].choices) == CORRUPTIONS
