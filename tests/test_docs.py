@@ -3,7 +3,7 @@
 Each Markdown file's fenced ```python blocks and ```bash / ```shell / ```sh
 blocks run in order, as written, in one fresh Python process per file (one
 namespace per file; shell blocks through `bash -e` with `keras-apm` on the
-PATH), in a temporary working directory that also holds links to the
+PATH), in a temporary working directory that also holds copies of the
 repository's `tools/`, `benchmarks/` and `examples/`. TFDS data goes to a
 temporary data directory shared by the session's files.
 
@@ -34,6 +34,7 @@ Run one file by hand: `python tests/test_docs.py docs/tasks.md`.
 import ast
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -177,9 +178,11 @@ def run_file(doc, workdir):
 
     backend = keras.backend.backend()
     blocks = parse_blocks(os.path.join(ROOT, doc))
+    # Copies, not links: a block that writes beside a script (a results
+    # file) must never change the repository.
     for name in ("tools", "benchmarks", "examples"):
         if not os.path.lexists(os.path.join(workdir, name)):
-            os.symlink(os.path.join(ROOT, name), os.path.join(workdir, name))
+            shutil.copytree(os.path.join(ROOT, name), os.path.join(workdir, name))
     env = dict(os.environ)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
     namespace = {"__name__": "__doc__", "__doc_check__": doc_check}
