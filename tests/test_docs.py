@@ -20,8 +20,10 @@ before a block:
   builders' features: the data sets themselves cannot be downloaded here).
 
 Anywhere in a file, `<!-- doc test: backends BACKEND[,BACKEND] (REASON) -->`
-runs the whole file under those backends only (for files whose examples
-are expensive), and `<!-- doc test: env NAME=VALUE -->` sets an environment
+runs the whole file under those backends only; a file without one runs
+under `DEFAULT_BACKENDS` (TensorFlow): its examples are backend-agnostic
+Keras code that the unit tests run on every backend, and one run per file
+keeps CI within its 30 minutes. And `<!-- doc test: env NAME=VALUE -->` sets an environment
 variable for the file's process.
 
 Output the docs show is checked: a Python line `EXPR  # -> VALUE` asserts
@@ -90,11 +92,18 @@ def parse_blocks(path):
     return blocks
 
 
+# Where a file without a `doc test: backends` marker runs, and why.
+DEFAULT_BACKENDS = ("tensorflow",)
+DEFAULT_REASON = (
+    "backend-agnostic examples, run once: the unit tests cover every backend"
+)
+
+
 def file_settings(path):
-    """The file's `doc test:` markers: (backends or None, reason, env)."""
+    """The file's `doc test:` markers: (backends, reason, env)."""
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    backends, reason, env = None, "", {}
+    backends, reason, env = list(DEFAULT_BACKENDS), DEFAULT_REASON, {}
     for kind, value in FILE_MARKER.findall(text):
         if kind == "backends":
             names, _, reason = value.partition(" ")

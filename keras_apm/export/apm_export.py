@@ -183,9 +183,10 @@ def _run_jobs(model_or_preset, jobs, representative_data):
 def _head_modules(model):
     """The modules outside Keras and keras_apm that define the layers of
     the model's added heads: the subprocess imports them to rebuild it."""
+    backbone = getattr(model, "backbone", model)  # an APMImageClassifier's APM
     modules = []
-    for name in model.extra_heads:
-        module = type(model.head_layer(name)).__module__
+    for name in backbone.extra_heads:
+        module = type(backbone.head_layer(name)).__module__
         if module.split(".")[0] not in ("keras", "keras_hub", "keras_apm"):
             if module not in modules:
                 modules.append(module)
