@@ -1,5 +1,6 @@
 """The Asynchronous Perception Machine as a keras-hub `Backbone`."""
 
+import math
 import keras
 from keras import ops
 from keras_hub.models import Backbone
@@ -424,9 +425,10 @@ class APM(Backbone):
         if chunk_size == "default":
             chunk_size = self.chunk_size
         per_call = min(int(chunk_size or num_locations), num_locations)
-        out_width = self.feature_dim * (
-            1 + (self.num_levels if self.num_levels > 1 else 0)
-        ) + (3 if self.rgb_head else 0)
+        # Every output the MLP answers per location (the head table's rows).
+        out_width = sum(
+            math.prod(shape) for shape in self.field.mlp.output_shapes().values()
+        )
         widest = max(
             _mlp_widths(
                 self.trunk_widths, self.feature_dim, self.num_levels,
