@@ -91,6 +91,23 @@ def free_ports(count):
     return ports
 
 
+
+def start_group(commands, envs):
+    """Starts one process per command, in its own session, with the
+    group's environment (none of the parent's distribution settings)."""
+    base = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+    for key in ("TF_CONFIG", "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+                "KERAS_DISTRIBUTION_NUM_PROCESSES",
+                "KERAS_DISTRIBUTION_PROCESS_ID", "XLA_FLAGS"):
+        base.pop(key, None)
+    return [
+        subprocess.Popen(
+            command, env=dict(base, **env), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        for command, env in zip(commands, envs)
+    ]
+
 def run_group(commands, envs, timeout=TIMEOUT, until=None):
     """Runs processes together; kills them all on a timeout or a failure.
 
@@ -98,18 +115,7 @@ def run_group(commands, envs, timeout=TIMEOUT, until=None):
     processes are killed (process 1 first, as if it died), and the
     function returns. Otherwise returns after all exit with status 0.
     """
-    base = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
-    for key in ("TF_CONFIG", "KERAS_DISTRIBUTION_JOB_ADDRESSES",
-                "KERAS_DISTRIBUTION_NUM_PROCESSES",
-                "KERAS_DISTRIBUTION_PROCESS_ID", "XLA_FLAGS"):
-        base.pop(key, None)
-    procs = [
-        subprocess.Popen(
-            command, env=dict(base, **env), stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )
-        for command, env in zip(commands, envs)
-    ]
+    procs = start_group(commands, envs)
 
     def kill(order):
         for p in order:
@@ -312,18 +318,7 @@ def run_to_exit(commands, envs, timeout=120):
     Killed (and the test failed) after `timeout` seconds: a group that
     disagrees must stop at start-up, not hang or train.
     """
-    base = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
-    for key in ("TF_CONFIG", "KERAS_DISTRIBUTION_JOB_ADDRESSES",
-                "KERAS_DISTRIBUTION_NUM_PROCESSES",
-                "KERAS_DISTRIBUTION_PROCESS_ID", "XLA_FLAGS"):
-        base.pop(key, None)
-    procs = [
-        subprocess.Popen(
-            command, env=dict(base, **env), stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )
-        for command, env in zip(commands, envs)
-    ]
+    procs = start_group(commands, envs)
     try:
         outputs = [p.communicate(timeout=timeout)[0] for p in procs]
     except subprocess.TimeoutExpired:
