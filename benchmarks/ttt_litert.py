@@ -16,12 +16,23 @@ Two tables, one JSON line per row (`benchmarks/results/ttt_litert.jsonl`):
   768-d; a tiny random 448 px ViT teacher stands in for CLIP ViT-L/14,
   whose cost is one forward pass per image whatever the student does).
   Also the file sizes, float32 and float16 weights.
+- `"table": "parity"` (`--parity`): the on-device file against Keras TTT
+  on the same test images, clean and under every corruption at severity 5
+  (`--corruptions all`): how often their predictions agree, both
+  accuracies, and the per-step losses: end to end (each computes its own
+  teacher targets) and from the same targets (Keras' TTT engine fed the
+  file's targets), as relative differences (median and max over images and
+  steps); next to them, Keras against itself with every target moved by one
+  float32 ulp: how far float rounding alone moves TTT's losses. The file is exported under the running backend from the same
+  seeded student, with the default recipe (or `--steps`,
+  `--locations-per-step`).
 
 Usage (the committed rows ran under JAX):
 
 ```shell
 KERAS_BACKEND=jax python benchmarks/ttt_litert.py --limit 120
 KERAS_BACKEND=jax python benchmarks/ttt_litert.py --litert
+KERAS_BACKEND=jax python benchmarks/ttt_litert.py --parity --corruptions all
 ```
 
 Rows of the other table already in `--output` are kept; rows of the table
@@ -49,6 +60,13 @@ def parse_args(argv=None):
     )
     parser.add_argument("--batch-size", type=int, default=120)
     parser.add_argument("--litert", action="store_true", help="the speed table")
+    parser.add_argument(
+        "--parity", action="store_true", help="the file vs Keras TTT table"
+    )
+    parser.add_argument("--steps", type=int, default=None, help="--parity")
+    parser.add_argument(
+        "--locations-per-step", type=int, default=None, help="--parity"
+    )
     parser.add_argument(
         "--images", type=int, default=5, help="digits images timed (--litert)"
     )
@@ -197,11 +215,112 @@ def litert_table(args):
     return rows
 
 
+def _relative(a, b):
+    import numpy as np
+
+    return np.abs(a - b) / np.maximum(np.abs(b), 1e-12)
+
+
+def parity_table(args):
+    import keras
+    import numpy as np
+    from keras import ops
+
+    from keras_apm.data.corruptions import CORRUPTIONS
+    from keras_apm.export import LiteRTTestTimeTrainer
+    from keras_apm.export import export_ttt
+    from keras_apm.ttt import TestTimeTrainer
+    from keras_apm.ttt.evaluation import ttt_dataset
+
+    corruptions = (
+        list(CORRUPTIONS) if args.corruptions == ["all"] else args.corruptions
+    )
+    settings = dict(steps=args.steps, locations_per_step=args.locations_per_step)
+    trainer = TestTimeTrainer(teacher=args.teacher, batch_size=args.batch_size, **settings)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "ttt.tflite")
+        export_ttt(args.teacher, path, **settings)
+        lite = LiteRTTestTimeTrainer(path, num_threads=1)
+        for condition in [None] + corruptions:
+            dataset = ttt_dataset(
+                "sklearn_digits", "test", image_size=trainer.teacher.image_size,
+                batch_size=args.batch_size, corruption=condition, severity=5,
+                limit=args.limit,
+            )  # fmt: skip
+            parts = {"ours": [], "keras": [], "same": [], "ulp": [], "labels": []}
+            for images, labels in dataset:
+                images = images.numpy()
+                ours, theirs = lite.adapt(images), trainer.adapt(images)
+                inputs = ops.cast(trainer.preprocessor(images), "float32")
+                same = trainer.engine.adapt(inputs, ours["target"])["loss"]
+                parts["ours"].append(ours)
+                parts["keras"].append(theirs)
+                parts["same"].append(ops.convert_to_numpy(same))
+                # The same engine, its own targets one ulp up.
+                bumped = np.nextafter(theirs["target"], np.inf).astype("float32")
+                ulp = _relative(
+                    ops.convert_to_numpy(trainer.engine.adapt(inputs, bumped)["loss"]),
+                    theirs["loss"],
+                )
+                parts["ulp"].append(ulp)
+                parts["labels"].append(labels.numpy())
+            joined = {
+                k: {
+                    key: np.concatenate([p[key] for p in parts[k]])
+                    for key in ("predictions", "loss", "target")
+                }
+                for k in ("ours", "keras")
+            }
+            ours, theirs = joined["ours"], joined["keras"]
+            labels = np.concatenate(parts["labels"])
+            end_to_end = _relative(ours["loss"], theirs["loss"])
+            same = _relative(ours["loss"], np.concatenate(parts["same"]))
+            ulp = np.concatenate(parts["ulp"])
+            rows.append(
+                {
+                    "table": "parity",
+                    "condition": condition or "clean",
+                    "severity": 5 if condition else None,
+                    "num_images": len(labels),
+                    "agreement": float(np.mean(ours["predictions"] == theirs["predictions"])),
+                    "accuracy_litert": float(np.mean(ours["predictions"] == labels)),
+                    "accuracy_keras": float(np.mean(theirs["predictions"] == labels)),
+                    "steps": trainer.steps,
+                    "locations_per_step": trainer.locations_per_step,
+                    "target_max_abs_difference": float(
+                        np.abs(ours["target"] - theirs["target"]).max()
+                    ),
+                    "loss_relative_same_targets_max": float(same.max()),
+                    "loss_relative_end_to_end_median": float(np.median(end_to_end)),
+                    "loss_relative_end_to_end_max": float(end_to_end.max()),
+                    "images_end_to_end_within_1e-5": float(
+                        np.mean(end_to_end.max(axis=1) <= 1e-5)
+                    ),
+                    "keras_one_ulp_loss_relative_max": float(ulp.max()),
+                    "keras_one_ulp_images_within_1e-5": float(
+                        np.mean(ulp.max(axis=1) <= 1e-5)
+                    ),
+                    "backend": keras.backend.backend(),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def write_rows(path, rows, table):
+    # Rows of the other tables are kept, and parity rows of other backends.
+    backend = rows[0].get("backend") if rows else None
+
+    def replaced(row):
+        return row["table"] == table and (
+            table != "parity" or row.get("backend") == backend
+        )
+
     kept = []
     if os.path.exists(path):
         with open(path) as f:
-            kept = [line for line in f if json.loads(line)["table"] != table]
+            kept = [line for line in f if not replaced(json.loads(line))]
     from keras_apm.utils.files import atomic_write
 
     def write(staged):
@@ -213,7 +332,9 @@ def write_rows(path, rows, table):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.litert:
+    if args.parity:
+        write_rows(args.output, parity_table(args), "parity")
+    elif args.litert:
         write_rows(args.output, litert_table(args), "litert")
     else:
         write_rows(args.output, locations_table(args), "locations")

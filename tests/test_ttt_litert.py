@@ -9,6 +9,7 @@ compare it with Keras' `TestTimeTrainer` on real digits.
 
 import json
 
+import keras
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
@@ -37,14 +38,6 @@ def digits():
 
 @pytest.fixture(scope="module")
 def ttt_file(tmp_path_factory):
-    import keras
-
-    if keras.backend.backend() == "torch":
-        # TensorFlow builds the file on every backend (a subprocess handed
-        # the student's weights under JAX and PyTorch alike); the JAX job
-        # covers that hand-over, and the PyTorch job's eager Keras TTT makes
-        # the same file take minutes here (CI's 30-minute budget).
-        pytest.skip("the LiteRT TTT file is tested in the TensorFlow and JAX jobs")
     path = str(tmp_path_factory.mktemp("ttt") / "ttt.tflite")
     code = main(
         [
@@ -61,8 +54,19 @@ def ttt_file(tmp_path_factory):
 def keras_trainer():
     # The same settings: the CLI's seed 0, the default recipe.
     return TestTimeTrainer(
-        teacher=TEACHER, steps=STEPS, locations_per_step=LOCATIONS, batch_size=6
+        teacher=TEACHER, steps=STEPS, locations_per_step=LOCATIONS, batch_size=100
     )
+
+
+class KerasAdam(keras.optimizers.Adam):
+    """Keras' own Adam update on every backend.
+
+    A subclass keeps Keras' update: on PyTorch, Keras TTT's plain `Adam` is
+    switched to `torch._fused_adam_` (`keras_apm.backend.torch_adam`), the
+    same algebra in another order of float operations, so its weights differ
+    from Keras' (and the file's) in the last bit, and 20 TTT steps grow that
+    to ~5e-4 relative in the loss.
+    """
 
 
 def _operator_codes(path):
@@ -89,7 +93,6 @@ def test_file_is_builtin_ops_only(ttt_file):
 
 
 def test_parity_with_keras_ttt(ttt_file, keras_trainer, digits):
-    import keras
     from keras import ops
 
     from keras_apm.export import LiteRTTestTimeTrainer
@@ -98,28 +101,53 @@ def test_parity_with_keras_ttt(ttt_file, keras_trainer, digits):
     assert (lite.steps, lite.locations_per_step) == (STEPS, LOCATIONS)
     ours = lite.adapt(digits)
     theirs = keras_trainer.adapt(digits)
-    # The teacher in the file and in Keras: float rounding apart.
-    np.testing.assert_allclose(ours["target"], theirs["target"], atol=2e-5)
-    # The 20 TTT steps from the same targets: the same losses to 1e-5
-    # (end to end, the teacher's rounding grows through 20 Adam steps).
-    # PyTorch runs Keras TTT eagerly with a fused Adam kernel: measured up to
-    # 5e-4 apart from the file by step 20, where TensorFlow and JAX (XLA)
-    # agree with it to 3e-6.
-    torch = keras.backend.backend() == "torch"
-    inputs = ops.cast(keras_trainer.preprocessor(digits), "float32")
-    engine = keras_trainer.engine.adapt(inputs, ours["target"])
-    np.testing.assert_allclose(
-        ours["loss"], ops.convert_to_numpy(engine["loss"]),
-        rtol=2e-3 if torch else 1e-5,
+    # The teacher in the file and in Keras: float rounding apart (2.5e-6
+    # measured, targets of norm ~3).
+    np.testing.assert_allclose(ours["target"], theirs["target"], atol=1e-5)
+    # The 20 TTT steps from the same targets and initial student, with
+    # Keras' own Adam update: the same losses to 1e-5 on every backend
+    # (measured <= 3.5e-6).
+    reference = TestTimeTrainer(
+        teacher=TEACHER, steps=STEPS, locations_per_step=LOCATIONS,
+        optimizer=KerasAdam.from_config(keras_trainer.optimizer.get_config()),
+        batch_size=6,
     )  # fmt: skip
-    np.testing.assert_allclose(
-        ours["loss"], theirs["loss"], rtol=2e-3 if torch else 2e-4
-    )
+    inputs = ops.cast(reference.preprocessor(digits), "float32")
+    same = ops.convert_to_numpy(reference.engine.adapt(inputs, ours["target"])["loss"])
+    np.testing.assert_allclose(ours["loss"], same, rtol=1e-5)
+    # End to end (each side computes its own targets), and PyTorch's fused
+    # Adam: rounding apart, which a ReLU's kink can amplify on an image
+    # (measured: 6 of 6 images within 1e-5 on TensorFlow; the worst image
+    # 6e-5 on JAX, 1e-3 on PyTorch; docs/export.md has the full split).
+    np.testing.assert_allclose(ours["loss"], theirs["loss"], rtol=3e-3)
     # Clean and foggy digits: the same predictions.
     np.testing.assert_array_equal(ours["predictions"], theirs["predictions"])
     np.testing.assert_array_equal(
         ours["teacher_predictions"], theirs["teacher_predictions"]
     )
+
+
+def test_predictions_agree_with_keras_ttt_on_corrupted_digits(ttt_file, keras_trainer):
+    """>= 99% of 100 real test digits, 50 clean and 50 under the 15
+    corruptions at severity 5, get the same class from the file and Keras."""
+    from keras_apm.data.corruptions import CORRUPTIONS
+    from keras_apm.export import LiteRTTestTimeTrainer
+
+    data = load_digits()
+    test = digits_split_indices()[1]
+    clean = upscale_digits(data.images[test[:50]]).astype("float32")
+    other = upscale_digits(data.images[test[50:100]]).astype("float32")
+    corrupted = np.stack(
+        [corrupt(x, CORRUPTIONS[i % len(CORRUPTIONS)], 5, seed=i) for i, x in enumerate(other)]
+    )
+    images = np.concatenate([clean, corrupted]).astype("float32")
+    labels = data.target[test[:100]]
+    ours = LiteRTTestTimeTrainer(ttt_file, num_threads=1).adapt(images)
+    theirs = keras_trainer.adapt(images)
+    agreement = np.mean(ours["predictions"] == theirs["predictions"])
+    assert agreement >= 0.99, agreement
+    # The adapted students classify real digits, not noise.
+    assert np.mean(ours["predictions"][:50] == labels[:50]) >= 0.9
 
 
 def test_reset_and_infer(ttt_file, digits):
@@ -180,8 +208,6 @@ def test_export_ttt_errors(tmp_path, capsys):
 
 
 def test_locations_per_step_in_keras(keras_trainer, digits):
-    import keras
-
     from keras_apm.ttt.subsets import step_indices
 
     images, fast = digits[:2], {"jit_compile": keras.backend.backend() == "jax"}
