@@ -12,6 +12,12 @@ or `None` to decline a case; the generic `keras.ops` form is used otherwise.
 Only the PyTorch backend has one (`torch_fused_ops`): fused matmul + bias +
 ReLU kernels on the CPU and in-place elementwise ops when autograd is off.
 
+`int8_matmul` has no generic form: a backend module offers
+`int8_matmul(x, kernel)` (int8 x int8 -> int32) where its int8 GEMM beats
+its float one, and layers quantized by Keras multiply through it
+(`keras_apm.layers.explicit_weights`); elsewhere they use the dequantized
+float kernel.
+
 Example:
 >>> x = fused_ops.dense(queries, layer.kernel, layer.bias, layer.activation)
 """
@@ -66,6 +72,32 @@ def add_activation(terms, activation=None):
     for term in terms[1:]:
         total = total + term
     return _apply(activation, total)
+
+
+def has_int8_matmul():
+    """Whether the backend multiplies int8 by int8 faster than floats
+    (`int8_matmul` then never declines a 2-D product on the CPU)."""
+    return _int8_matmul() is not None
+
+
+def _int8_matmul():
+    backend = keras.backend.backend()
+    if backend not in BACKENDS:
+        return None
+    return getattr(backend_module(), "int8_matmul", None)
+
+
+def int8_matmul(x, kernel):
+    """`x @ kernel` of 2-D int8 tensors, exact, as an int32 tensor.
+
+    Through the backend's int8 GEMM (`has_int8_matmul`); the generic
+    `keras.ops.matmul` of int8 tensors where it declines.
+    """
+    op = _int8_matmul()
+    out = None if op is None else op(x, kernel)
+    if out is None:
+        out = ops.matmul(x, kernel)
+    return ops.cast(out, "int32")
 
 
 def constant(array, dtype, cache):
