@@ -33,8 +33,10 @@ def float_kernel(layer):
     to `"float8"` keeps a float kernel that its call rounds to float8
     through `kernel_scale`. Either way the APM's math stays the one path of
     `dense`: it reads the weights Keras' own call would multiply by, in the
-    layer's compute dtype (int8 weights take a quarter of the memory; the
-    product runs in the compute dtype, as on a backend without int8 GEMM).
+    layer's compute dtype. Used where no int8 GEMM runs (`dense_weights`):
+    float8 layers, the attention pool's `EinsumDense` projections (its
+    folded one-query attention multiplies kernels by vectors) and backends
+    whose int8 GEMM is not faster than float (TensorFlow).
 
     Example:
     >>> kernel = float_kernel(mlp.trunk[0])
