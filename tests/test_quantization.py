@@ -166,6 +166,37 @@ def test_int8_dense_math_matches_numpy(int8_calls):
         assert "kernel" in weights
 
 
+def test_int8_fast_paths_equal_keras_ops():
+    """`fused_ops.quantize_rows` and `dequantize_add_activation` give the
+    numbers of their `keras.ops` forms (PyTorch has fast paths)."""
+    from keras import ops
+    from keras import quantizers
+
+    rng = np.random.default_rng(2)
+    x = ops.array(rng.normal(size=(3, 4, 40)).astype("float32"))
+    got_q, got_scale = fused_ops.quantize_rows(x)
+    want_q, want_scale = quantizers.abs_max_quantize(x, axis=-1)
+    assert keras.backend.standardize_dtype(got_q.dtype) == "int8"
+    np.testing.assert_array_equal(ops.convert_to_numpy(got_q), ops.convert_to_numpy(want_q))
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(got_scale), ops.convert_to_numpy(want_scale)
+    )
+    first = ops.array(rng.integers(-9999, 9999, (2, 1, 6)).astype("int32"))
+    second = ops.array(rng.integers(-9999, 9999, (1, 5, 6)).astype("int32"))
+    scales = [ops.array(rng.random(s).astype("float32") + 0.5)
+              for s in ((2, 1, 1), (1, 5, 1))]
+    kernel_scale = ops.array(rng.random(6).astype("float32") + 0.5)
+    bias = ops.array(rng.normal(size=6).astype("float32"))
+    got = fused_ops.dequantize_add_activation(
+        [(first, scales[0]), (second, scales[1])], kernel_scale, bias,
+        keras.activations.relu,
+    )
+    total = ops.cast(first, "float32") / scales[0] + ops.cast(second, "float32") / scales[1]
+    want = ops.relu(total / kernel_scale + bias)
+    assert tuple(got.shape) == (2, 5, 6)
+    np.testing.assert_array_equal(ops.convert_to_numpy(got), ops.convert_to_numpy(want))
+
+
 def test_quantized_student_does_not_train():
     keras.utils.set_random_seed(0)
     model = keras_apm.APM(**TINY)

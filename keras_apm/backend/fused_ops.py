@@ -24,6 +24,7 @@ Example:
 
 import keras
 from keras import ops
+from keras import quantizers
 
 from keras_apm.backend import BACKENDS
 from keras_apm.backend import backend_module
@@ -72,6 +73,43 @@ def add_activation(terms, activation=None):
     for term in terms[1:]:
         total = total + term
     return _apply(activation, total)
+
+
+def _fast(name):
+    # A backend's fused-ops module may lack the newer entries.
+    module = _backend_module()
+    return None if module is None else getattr(module, name, None)
+
+
+def quantize_rows(x):
+    """`(x_q, scale)`: `x` quantized per row (last axis) as Keras'
+    `AbsMaxQuantizer` does, `x_q = clip(round(x * scale), -127, 127)` int8
+    and `scale = 127 / (max |row| + epsilon)` `(..., 1)` in `x`'s dtype."""
+    fast = _fast("quantize_rows")
+    out = None if fast is None else fast(x)
+    if out is not None:
+        return out
+    return quantizers.abs_max_quantize(x, axis=-1, value_range=(-127, 127))
+
+
+def dequantize_add_activation(products, kernel_scale, bias, activation=None):
+    """`activation(sum(p / s for p, s in products) / kernel_scale + bias)`.
+
+    `products`: `(int32 product, its rows' scale)` pairs, broadcasting
+    against each other; `kernel_scale` (per output) and `bias` 1-D in the
+    compute dtype, which the result takes.
+    """
+    fast = _fast("dequantize_add_activation")
+    out = None if fast is None else fast(products, kernel_scale, bias, activation)
+    if out is not None:
+        return out
+    dtype = bias.dtype
+    total = None
+    for product, scale in products:
+        term = ops.divide(ops.cast(product, dtype), scale)
+        total = term if total is None else total + term
+    total = ops.divide(total, kernel_scale)
+    return add_activation([total, bias], activation)
 
 
 def has_int8_matmul():

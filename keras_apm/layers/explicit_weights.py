@@ -147,9 +147,7 @@ def _int8_product(x, kernel_int8):
     int8 `Dense` quantizes its inputs (`x ~= x_q / x_scale`), multiplied
     by the int8 GEMM; the int32 product in `x`'s rank, the scale
     `(..., 1)`. `x` may have any rank (rows flattened for the 2-D GEMM)."""
-    x_q, x_scale = quantizers.abs_max_quantize(
-        x, axis=-1, value_range=INT8_RANGE
-    )
+    x_q, x_scale = fused_ops.quantize_rows(x)
     lead = tuple(x.shape[:-1])
     rows = ops.reshape(x_q, (-1, x.shape[-1]))
     product = fused_ops.int8_matmul(rows, ops.convert_to_tensor(kernel_int8))
@@ -171,11 +169,12 @@ def _int8_dense(weights, x, activation):
     # output), so x @ K = (x_q @ K_q) / (s_x * s_k), the product exact in
     # int32.
     _check_shared_int8(weights)
-    product, x_scale = _int8_product(x, weights["kernel_int8"])
-    y = ops.divide(ops.cast(product, x.dtype), x_scale)
-    y = ops.divide(y, ops.cast(weights["kernel_scale"], x.dtype))
-    bias = ops.cast(weights["bias"], x.dtype)
-    return fused_ops.add_activation([y, bias], activation)
+    return fused_ops.dequantize_add_activation(
+        [_int8_product(x, weights["kernel_int8"])],
+        ops.cast(weights["kernel_scale"], x.dtype),
+        ops.cast(weights["bias"], x.dtype),
+        activation,
+    )
 
 
 def dense(weights, x, activation=None):
@@ -261,13 +260,16 @@ def _int8_split_dense(weights, parts, activation):
     bounds = list(np.cumsum([x.shape[-1] for x in parts[:-1]]))
     kernel = ops.convert_to_tensor(weights["kernel_int8"])
     pieces = ops.split(kernel, bounds, axis=0) if bounds else [kernel]
-    total = None
+    products = []
     for x, piece in zip(parts, pieces):
         product, x_scale = _int8_product(x, piece)
-        term = ops.divide(ops.cast(product, dtype), x_scale)
-        while len(term.shape) < ndim:
-            term = ops.expand_dims(term, 0)
-        total = term if total is None else total + term
-    total = ops.divide(total, ops.cast(weights["kernel_scale"], dtype))
-    bias = ops.cast(weights["bias"], dtype)
-    return fused_ops.add_activation([total, bias], activation)
+        while len(product.shape) < ndim:
+            product = ops.expand_dims(product, 0)
+            x_scale = ops.expand_dims(x_scale, 0)
+        products.append((product, x_scale))
+    return fused_ops.dequantize_add_activation(
+        products,
+        ops.cast(weights["kernel_scale"], dtype),
+        ops.cast(weights["bias"], dtype),
+        activation,
+    )
