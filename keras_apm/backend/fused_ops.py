@@ -10,7 +10,9 @@ in `fused_ops` a module of functions that return the same numbers faster,
 or `None` to decline a case; the generic `keras.ops` form is used otherwise.
 
 Only the PyTorch backend has one (`torch_fused_ops`): fused matmul + bias +
-ReLU kernels on the CPU and in-place elementwise ops when autograd is off.
+ReLU kernels on the CPU and in-place elementwise ops when autograd is off
+(also for the int8 layers' row quantization and rescale, `quantize_rows`
+and `dequantize_add_activation`).
 
 `int8_matmul` has no generic form: a backend module offers
 `int8_matmul(x, kernel)` (int8 x int8 -> int32) where its int8 GEMM beats
