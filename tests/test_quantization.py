@@ -153,8 +153,9 @@ def test_int8_dense_math_matches_numpy(int8_calls):
         assert got[name].shape == (2, 5, 24), name
         expected = dequantized if int8_calls is None else int8[name]
         np.testing.assert_allclose(got[name], expected, rtol=1e-5, atol=1e-4)
-        # Activation rounding: about 1/254 of a row's range per input.
-        np.testing.assert_allclose(got[name], int8[name], rtol=0, atol=0.2)
+        # Activation rounding (half a step of 1/127 of the row's range
+        # per input): within 0.07 of the int8 math here, outputs up to 17.
+        np.testing.assert_allclose(got[name], int8[name], rtol=0, atol=0.1)
         assert not np.allclose(int8[name], dequantized, atol=1e-3)
     if int8_calls is not None:
         # One GEMM for the queries, one per part of the split form.
@@ -177,7 +178,9 @@ def test_int8_fast_paths_equal_keras_ops():
     got_q, got_scale = fused_ops.quantize_rows(x)
     want_q, want_scale = quantizers.abs_max_quantize(x, axis=-1)
     assert keras.backend.standardize_dtype(got_q.dtype) == "int8"
-    np.testing.assert_array_equal(ops.convert_to_numpy(got_q), ops.convert_to_numpy(want_q))
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(got_q), ops.convert_to_numpy(want_q)
+    )
     np.testing.assert_array_equal(
         ops.convert_to_numpy(got_scale), ops.convert_to_numpy(want_scale)
     )
@@ -191,7 +194,10 @@ def test_int8_fast_paths_equal_keras_ops():
         [(first, scales[0]), (second, scales[1])], kernel_scale, bias,
         keras.activations.relu,
     )
-    total = ops.cast(first, "float32") / scales[0] + ops.cast(second, "float32") / scales[1]
+    total = (
+        ops.cast(first, "float32") / scales[0]
+        + ops.cast(second, "float32") / scales[1]
+    )
     want = ops.relu(total / kernel_scale + bias)
     assert tuple(got.shape) == (2, 5, 6)
     np.testing.assert_array_equal(ops.convert_to_numpy(got), ops.convert_to_numpy(want))
