@@ -59,9 +59,13 @@ BASELINE = "baseline"
 WHATS = ("inference", "training")
 MODELS = ("coco", "ttt")
 DTYPES = ("float32", "mixed_bfloat16", "int8")
-# The GEMM each dtype's rows run on, whose peak they are a fraction of: Keras'
-# int8 layers hand the APM dequantized kernels (float32 products); the int8
-# baseline (PyTorch dynamic quantization) runs int8 GEMMs.
+# The GEMM each dtype's rows run on, whose peak they are a fraction of. The
+# int8 rows: the baseline (PyTorch dynamic quantization) and the Keras
+# backends with an int8 GEMM (`fused_ops.has_int8_matmul`: PyTorch's
+# `torch._int_mm`, JAX's integer dot) multiply int8 activations by int8
+# kernels, so they count against the int8 peak; TensorFlow's int8 GEMM is
+# slower than its float32 one, so its Keras-int8 layers hand the APM
+# dequantized kernels (float32 products) and count against float32.
 PEAK_DTYPE = {"float32": "float32", "mixed_bfloat16": "bfloat16", "int8": "float32"}
 
 
@@ -180,8 +184,12 @@ class Worker:
                 ))}
         else:
             device = gpu.Device(self.kind)
+            int8_gemm = None
             if dtype == "int8":
+                from keras_apm.backend import fused_ops
+
                 model.quantize("int8")
+                int8_gemm = fused_ops.has_int8_matmul()
             self.model = model
             rng = np.random.default_rng(args.seed)
             for what in whats:
@@ -211,6 +219,11 @@ class Worker:
                     flops = tuple(3 * f for f in flops)
                 self.steps[what] = (step, device.sync)
                 info[what] = {"method": method, **flop_fields(flops)}
+                if int8_gemm is not None:
+                    # What the Keras-int8 Dense layers multiply with.
+                    info[what]["int8_matmul"] = (
+                        "int8 GEMM" if int8_gemm else "dequantized float32"
+                    )
         warm = {}
         for what, (step, sync) in self.steps.items():
             start = time.perf_counter()
@@ -500,11 +513,13 @@ def run_model(name, dtype, args, remotes, emit, peaks):
                 ),
                 "loop_s": loop_s,
             })
-            # Keras' int8 rows multiply dequantized float32 kernels; the
-            # int8 baseline runs int8 GEMMs.
-            peak_dtype = "int8" if kind == BASELINE and dtype == "int8" else (
-                PEAK_DTYPE[dtype]
+            # int8 rows that run int8 GEMMs (the baseline; Keras backends
+            # with `int8_matmul == "int8 GEMM"`) count against the int8
+            # peak, the others against float32 (PEAK_DTYPE).
+            int8_gemm = dtype == "int8" and (
+                kind == BASELINE or info.get("int8_matmul") == "int8 GEMM"
             )
+            peak_dtype = "int8" if int8_gemm else PEAK_DTYPE[dtype]
             executed = args.batch_size * info["executed_flops_per_image"] / mid
             if gemm.get(peak_dtype):
                 record.update({

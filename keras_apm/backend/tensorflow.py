@@ -121,3 +121,10 @@ def process_count():
     """Processes sharing the Keras distribution's global batch: a
     `keras.distribution` (the only user) spans one process here."""
     return 1
+
+
+# No int8 GEMM (`fused_ops.int8_matmul`): TensorFlow's CPU
+# `matmul(int8, int8, output_type=int32)` ran 1024^3 at 73 GOP/s where its
+# float32 matmul ran at 167 GFLOP/s (2-core AMD EPYC, AVX-512 VNNI), so layers quantized
+# by Keras multiply their dequantized float kernels here.
+int8_matmul = None

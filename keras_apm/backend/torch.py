@@ -8,6 +8,7 @@ images, so there is little to fuse.
 import torch
 
 from keras_apm.backend import torch_fused_ops as fused_ops  # noqa: F401
+from keras_apm.backend.torch_fused_ops import int8_matmul  # noqa: F401
 from keras_apm.backend.torch_adam import fused_adam
 
 

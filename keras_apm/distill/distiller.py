@@ -6,6 +6,7 @@ from keras import ops
 
 from keras_apm.backend import backend_module
 from keras_apm.distill import losses
+from keras_apm.layers import explicit_weights
 from keras_apm.models.apm.apm_student import check_student_teacher
 from keras_apm.models.apm.apm_student import load_teacher
 from keras_apm.models.apm import apm_outputs
@@ -177,6 +178,7 @@ class APMDistiller(keras.Model):
                 "`student` must be a `keras_apm.APM`. Received "
                 f"{type(student).__name__}."
             )
+        explicit_weights.check_float_weights(student, "Distillation")
         if global_loss not in GLOBAL_LOSSES:
             raise ValueError(
                 f"`global_loss` must be one of {GLOBAL_LOSSES}. Received "

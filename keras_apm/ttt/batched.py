@@ -23,6 +23,7 @@ from keras import ops
 
 from keras_apm.distill.losses import cosine_similarity
 from keras_apm.backend import backend_module
+from keras_apm.layers import explicit_weights
 from keras_apm.models.apm import apm_outputs
 from keras_apm.models.apm.apm_outputs import FEATURES
 from keras_apm.models.apm.apm_outputs import GLOBAL
@@ -50,6 +51,7 @@ def check_student(model, with_rgb=False):
         )
     if with_rgb and not model.rgb_head:
         raise ValueError("`rgb_weight > 0` needs a student with `rgb_head=True`.")
+    explicit_weights.check_float_weights(model, "Test-time training")
 
 
 def ttt_outputs(with_rgb=False):
