@@ -32,6 +32,16 @@ from presets_factory import tiny_vit
 
 
 @pytest.fixture
+def no_gc_per_layer(monkeypatch):
+    """Keras' `Layer.__delattr__` runs `gc.collect()` for every layer that
+    `Model.quantize` rewrites: about 0.5 s each in a test process full of
+    objects, most of a quantization test's time (nothing to do with ours)."""
+    import gc
+
+    monkeypatch.setattr(gc, "collect", lambda *args: 0)
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(0)
 

@@ -54,6 +54,9 @@ def _raw_images(batch=2, height=20, width=24, seed=0):
     return rng.integers(0, 256, (batch, height, width, 3)).astype("float32")
 
 
+# keras-hub's backbone check quantizes the model: Keras' per-layer
+# `gc.collect()` (tests/conftest.py) would be most of its time.
+@pytest.mark.usefixtures("no_gc_per_layer")
 class APMBackboneHarnessTest(TestCase):
     def test_backbone_basics(self):
         self.run_vision_backbone_test(

@@ -48,11 +48,8 @@ def _outputs(model, images):
     }
 
 
-@pytest.fixture(autouse=True)
-def no_gc_per_layer(monkeypatch):
-    # Keras' `Layer.__delattr__` runs `gc.collect()` for every layer it
-    # quantizes: 0.5 s each in a test process, most of these tests' time.
-    monkeypatch.setattr(gc, "collect", lambda *args: 0)
+# Keras' per-layer `gc.collect()` while quantizing (tests/conftest.py).
+pytestmark = [pytestmark, pytest.mark.usefixtures("no_gc_per_layer")]
 
 
 @pytest.fixture(scope="module")
