@@ -25,7 +25,9 @@ Two tables, one JSON line per row (`benchmarks/results/ttt_litert.jsonl`):
   steps); next to them, Keras against itself with every target moved by one
   float32 ulp: how far float rounding alone moves TTT's losses. The file is exported under the running backend from the same
   seeded student, with the default recipe (or `--steps`,
-  `--locations-per-step`).
+  `--locations-per-step`). On PyTorch, keras_apm updates Keras' `Adam`
+  with the fused `torch._fused_adam_` kernel (the same algebra, its float
+  operations in another order); `--keras-adam` keeps Keras' own update.
 
 Usage (the committed rows ran under JAX):
 
@@ -33,6 +35,7 @@ Usage (the committed rows ran under JAX):
 KERAS_BACKEND=jax python benchmarks/ttt_litert.py --limit 120
 KERAS_BACKEND=jax python benchmarks/ttt_litert.py --litert
 KERAS_BACKEND=jax python benchmarks/ttt_litert.py --parity --corruptions all
+KERAS_BACKEND=torch python benchmarks/ttt_litert.py --parity --corruptions all --keras-adam
 ```
 
 Rows of the other table already in `--output` are kept; rows of the table
@@ -64,6 +67,11 @@ def parse_args(argv=None):
         "--parity", action="store_true", help="the file vs Keras TTT table"
     )
     parser.add_argument("--steps", type=int, default=None, help="--parity")
+    parser.add_argument(
+        "--keras-adam", action="store_true",
+        help="--parity on PyTorch: Keras' own Adam update in Keras TTT, not "
+        "the fused torch._fused_adam_ kernel keras_apm switches it to",
+    )  # fmt: skip
     parser.add_argument(
         "--locations-per-step", type=int, default=None, help="--parity"
     )
@@ -237,6 +245,16 @@ def parity_table(args):
     )
     settings = dict(steps=args.steps, locations_per_step=args.locations_per_step)
     trainer = TestTimeTrainer(teacher=args.teacher, batch_size=args.batch_size, **settings)
+    if args.keras_adam:
+        # A subclass keeps Keras' update (only a plain `Adam` is fused).
+        class KerasAdam(keras.optimizers.Adam):
+            pass
+
+        optimizer = KerasAdam.from_config(trainer.optimizer.get_config())
+        trainer = TestTimeTrainer(
+            teacher=args.teacher, batch_size=args.batch_size, optimizer=optimizer,
+            **settings,
+        )  # fmt: skip
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "ttt.tflite")
@@ -302,6 +320,7 @@ def parity_table(args):
                         np.mean(ulp.max(axis=1) <= 1e-5)
                     ),
                     "backend": keras.backend.backend(),
+                    "adam": "keras" if args.keras_adam else "default",
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
@@ -309,12 +328,13 @@ def parity_table(args):
 
 
 def write_rows(path, rows, table):
-    # Rows of the other tables are kept, and parity rows of other backends.
-    backend = rows[0].get("backend") if rows else None
+    # Rows of the other tables are kept, and parity rows of other runs
+    # (backend, Adam update).
+    run = (rows[0].get("backend"), rows[0].get("adam")) if rows else None
 
     def replaced(row):
         return row["table"] == table and (
-            table != "parity" or row.get("backend") == backend
+            table != "parity" or (row.get("backend"), row.get("adam")) == run
         )
 
     kept = []

