@@ -31,10 +31,11 @@ the same functions:
   and `barrier(strategy)` go with it (`keras_apm.distill.distribution`,
   which keeps the engine-agnostic settings and data sharding).
 - `fused_ops`: None, or the module of fast kernels behind
-  `keras_apm.backend.fused_ops` (PyTorch: `torch_fused_ops`).
+  `keras_apm.backend.fused_ops` (PyTorch: `torch_fused_ops`, JAX:
+  `jax_fused_ops`).
 
 Helpers of one backend sit beside its module, named for it
-(`torch_adam.py`, `torch_fused_ops.py`). Nothing outside this package
+(`torch_adam.py`, `torch_fused_ops.py`, `jax_fused_ops.py`). Nothing outside this package
 (and `keras_apm.convert`, which reads `.pth` files) imports `jax` or
 `torch` (`tests/test_import_graph.py` checks).
 

@@ -9,8 +9,10 @@ runs eagerly and does not. A backend module (`keras_apm.backend`) may name
 in `fused_ops` a module of functions that return the same numbers faster,
 or `None` to decline a case; the generic `keras.ops` form is used otherwise.
 
-Only the PyTorch backend has one (`torch_fused_ops`): fused matmul + bias +
+The PyTorch backend has one (`torch_fused_ops`): fused matmul + bias +
 ReLU kernels on the CPU and in-place elementwise ops when autograd is off.
+So has JAX (`jax_fused_ops`): bfloat16 products accumulated in float32, the
+form XLA's CPU backend runs at the bf16 GEMM rate.
 
 Example:
 >>> x = fused_ops.dense(queries, layer.kernel, layer.bias, layer.activation)
@@ -53,6 +55,18 @@ def dense(x, kernel, bias=None, activation=None):
     if bias is not None:
         y = y + bias
     return _apply(activation, y)
+
+
+def matmul(x, kernel):
+    """`x @ kernel`, `x` of any rank, `kernel` 2-D in `x`'s dtype; the
+    result in `x`'s dtype (a backend may accumulate in a wider one)."""
+    module = _backend_module()
+    fast = None if module is None else getattr(module, "matmul", None)
+    if fast is not None:
+        out = fast(x, kernel)
+        if out is not None:
+            return out
+    return ops.matmul(x, kernel)
 
 
 def add_activation(terms, activation=None):
