@@ -15,7 +15,8 @@ test-time-trained students all compute in it):
   default recipe, as benchmarks/ttt_digits.py) on the test split, clean and
   under `--corruptions` at severity 5: teacher and APM accuracy.
 
-One JSON line per row (printed and written to `--output`):
+One JSON line per row, printed and written to `--output` (rows of other
+backends already there are kept):
 
 ```shell
 KERAS_BACKEND=tensorflow python benchmarks/bf16_digits.py \\
@@ -162,9 +163,17 @@ def main(argv=None):
 
     from keras_apm.utils.files import atomic_write
 
+    # Rows of other backends already in the file are kept; this backend's
+    # are replaced.
+    kept = []
+    if os.path.exists(args.output):
+        with open(args.output, encoding="utf-8") as f:
+            kept = [json.loads(line) for line in f if line.strip()]
+        kept = [r for r in kept if r.get("backend") != base["backend"]]
+
     def write(staged):
         with open(staged, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows)
+            f.writelines(json.dumps(row) + "\n" for row in kept + rows)
 
     atomic_write(args.output, write)
 
