@@ -31,14 +31,15 @@ the same functions:
   and `barrier(strategy)` go with it (`keras_apm.distill.distribution`,
   which keeps the engine-agnostic settings and data sharding).
 - `fused_ops`: None, or the module of fast kernels behind
-  `keras_apm.backend.fused_ops` (PyTorch: `torch_fused_ops`).
+  `keras_apm.backend.fused_ops` (PyTorch: `torch_fused_ops`, JAX:
+  `jax_fused_ops`).
 - `int8_matmul(x, kernel)` (optional; None or absent: none): int8 x int8 ->
   int32 of 2-D tensors through the engine's int8 GEMM, where it beats float32
   (PyTorch `torch._int_mm`, JAX's integer dot), behind
   `keras_apm.backend.fused_ops.int8_matmul`.
 
 Helpers of one backend sit beside its module, named for it
-(`torch_adam.py`, `torch_fused_ops.py`). Nothing outside this package
+(`torch_adam.py`, `torch_fused_ops.py`, `jax_fused_ops.py`). Nothing outside this package
 (and `keras_apm.convert`, which reads `.pth` files) imports `jax` or
 `torch` (`tests/test_import_graph.py` checks).
 

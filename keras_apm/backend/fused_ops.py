@@ -9,10 +9,12 @@ runs eagerly and does not. A backend module (`keras_apm.backend`) may name
 in `fused_ops` a module of functions that return the same numbers faster,
 or `None` to decline a case; the generic `keras.ops` form is used otherwise.
 
-Only the PyTorch backend has one (`torch_fused_ops`): fused matmul + bias +
+The PyTorch backend has one (`torch_fused_ops`): fused matmul + bias +
 ReLU kernels on the CPU and in-place elementwise ops when autograd is off
 (also for the int8 layers' row quantization and rescale, `quantize_rows`
-and `dequantize_add_activation`).
+and `dequantize_add_activation`). So has JAX (`jax_fused_ops`): bfloat16
+products accumulated in float32, the form XLA's CPU backend runs at the
+bf16 GEMM rate.
 
 `int8_matmul` has no generic form: a backend module offers
 `int8_matmul(x, kernel)` (int8 x int8 -> int32) where its int8 GEMM beats
@@ -62,6 +64,14 @@ def dense(x, kernel, bias=None, activation=None):
     if bias is not None:
         y = y + bias
     return _apply(activation, y)
+
+
+def matmul(x, kernel):
+    """`x @ kernel`, `x` of any rank, `kernel` 2-D in `x`'s dtype; the
+    result in `x`'s dtype (a backend may accumulate in a wider one)."""
+    fast = _fast("matmul")
+    out = None if fast is None else fast(x, kernel)
+    return ops.matmul(x, kernel) if out is None else out
 
 
 def add_activation(terms, activation=None):

@@ -117,8 +117,9 @@ def barrier(strategy):
     multihost_utils.sync_global_devices("keras_apm")
 
 
-# No fast kernels: XLA fuses the generic `keras.ops` form (`fused_ops`).
-fused_ops = None
+# bfloat16 products accumulated in float32 (XLA's CPU backend upcasts a
+# bf16-result dot); everything else is the generic `keras.ops` form.
+from keras_apm.backend import jax_fused_ops as fused_ops  # noqa: E402,F401
 
 
 def int8_matmul(x, kernel):
