@@ -19,6 +19,27 @@ if os.environ.get("KERAS_BACKEND") == "jax":
         f for f in (os.environ.get("XLA_FLAGS"), FAST_XLA_FLAGS) if f
     )
 
+# Tests that never touch a Keras backend (file utilities, the import graph,
+# NumPy corruptions, the tools' flag parsing) mark their module
+# `pytest.mark.backend_independent`: they run in one job of the three (the
+# README's test command runs the suite once per backend, and CI's 30 minutes
+# are spent on what differs between backends).
+BACKEND_INDEPENDENT_JOB = "torch"
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend == BACKEND_INDEPENDENT_JOB:
+        return
+    skip = pytest.mark.skip(
+        reason=f"backend-independent: runs under KERAS_BACKEND={BACKEND_INDEPENDENT_JOB}"
+    )
+    for item in items:
+        if item.get_closest_marker("backend_independent"):
+            item.add_marker(skip)
+
 
 def xla_flags(*flags):
     """`XLA_FLAGS` for a JAX subprocess: `flags` plus the suite's."""

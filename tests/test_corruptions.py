@@ -14,6 +14,9 @@ from keras_apm.data.corruptions import CORRUPTIONS
 from keras_apm.data.corruptions import corrupt
 from keras_apm.data.corruptions import corruption_map
 
+# Touches no Keras backend: one job of the three runs it (tests/conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 SEVERITIES = (1, 2, 3, 4, 5)
 RANDOM = tuple(n for n in CORRUPTIONS if n not in C._DETERMINISTIC)
 

@@ -11,6 +11,9 @@ from keras_apm.utils.files import atomic_write
 from keras_apm.utils.files import read_json
 from keras_apm.utils.files import write_json
 
+# Touches no Keras backend: one job of the three runs it (tests/conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 
 def test_a_failed_write_leaves_the_old_file(tmp_path):
     target = tmp_path / "a.tflite"

@@ -13,6 +13,11 @@ import ast
 import functools
 import os
 
+import pytest
+
+# Touches no Keras backend: one job of the three runs it (tests/conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 # The checkout this test file belongs to.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

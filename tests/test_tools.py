@@ -5,6 +5,9 @@ import os
 
 import pytest
 
+# Touches no Keras backend: one job of the three runs it (tests/conftest.py).
+pytestmark = pytest.mark.backend_independent
+
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools")
 
 
