@@ -23,7 +23,8 @@ Two tables, one JSON line per row (`benchmarks/results/ttt_litert.jsonl`):
   teacher targets) and from the same targets (Keras' TTT engine fed the
   file's targets), as relative differences (median and max over images and
   steps); next to them, Keras against itself with every target moved by one
-  float32 ulp: how far float rounding alone moves TTT's losses. The file is exported under the running backend from the same
+  float32 ulp: how far float rounding alone moves TTT's losses. The file
+  is exported under the running backend from the same
   seeded student, with the default recipe (or `--steps`,
   `--locations-per-step`). On PyTorch, keras_apm updates Keras' `Adam`
   with the fused `torch._fused_adam_` kernel (the same algebra, its float
@@ -244,7 +245,9 @@ def parity_table(args):
         list(CORRUPTIONS) if args.corruptions == ["all"] else args.corruptions
     )
     settings = dict(steps=args.steps, locations_per_step=args.locations_per_step)
-    trainer = TestTimeTrainer(teacher=args.teacher, batch_size=args.batch_size, **settings)
+    trainer = TestTimeTrainer(
+        teacher=args.teacher, batch_size=args.batch_size, **settings
+    )
     if args.keras_adam:
         # A subclass keeps Keras' update (only a plain `Adam` is fused).
         class KerasAdam(keras.optimizers.Adam):
@@ -301,7 +304,9 @@ def parity_table(args):
                     "condition": condition or "clean",
                     "severity": 5 if condition else None,
                     "num_images": len(labels),
-                    "agreement": float(np.mean(ours["predictions"] == theirs["predictions"])),
+                    "agreement": float(
+                        np.mean(ours["predictions"] == theirs["predictions"])
+                    ),
                     "accuracy_litert": float(np.mean(ours["predictions"] == labels)),
                     "accuracy_keras": float(np.mean(theirs["predictions"] == labels)),
                     "steps": trainer.steps,

@@ -34,7 +34,8 @@ def pytest_collection_modifyitems(config, items):
     if backend == BACKEND_INDEPENDENT_JOB:
         return
     skip = pytest.mark.skip(
-        reason=f"backend-independent: runs under KERAS_BACKEND={BACKEND_INDEPENDENT_JOB}"
+        reason="backend-independent: runs under "
+        f"KERAS_BACKEND={BACKEND_INDEPENDENT_JOB}"
     )
     for item in items:
         if item.get_closest_marker("backend_independent"):

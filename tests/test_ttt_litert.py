@@ -128,7 +128,9 @@ def test_parity_with_keras_ttt(ttt_file, keras_trainer, digits):
     )
 
 
-def test_predictions_agree_with_keras_ttt_on_corrupted_digits(ttt_file, keras_trainer):
+def test_predictions_agree_with_keras_ttt_on_corrupted_digits(
+    ttt_file, keras_trainer
+):
     """>= 99% of 100 real test digits, 50 clean and 50 under the 15
     corruptions at severity 5, get the same class from the file and Keras."""
     from keras_apm.data.corruptions import CORRUPTIONS
@@ -138,8 +140,9 @@ def test_predictions_agree_with_keras_ttt_on_corrupted_digits(ttt_file, keras_tr
     test = digits_split_indices()[1]
     clean = upscale_digits(data.images[test[:50]]).astype("float32")
     other = upscale_digits(data.images[test[50:100]]).astype("float32")
+    names = [CORRUPTIONS[i % len(CORRUPTIONS)] for i in range(len(other))]
     corrupted = np.stack(
-        [corrupt(x, CORRUPTIONS[i % len(CORRUPTIONS)], 5, seed=i) for i, x in enumerate(other)]
+        [corrupt(x, name, 5, seed=i) for i, (x, name) in enumerate(zip(other, names))]
     )
     images = np.concatenate([clean, corrupted]).astype("float32")
     labels = data.target[test[:100]]
