@@ -55,11 +55,10 @@ def dense(x, kernel, bias=None, activation=None):
 
     `kernel` and `bias` must already be in `x`'s dtype (cast them first).
     """
-    module = _backend_module()
-    if module is not None:
-        out = module.dense(x, kernel, bias, activation)
-        if out is not None:
-            return out
+    fast = _fast("dense")
+    out = None if fast is None else fast(x, kernel, bias, activation)
+    if out is not None:
+        return out
     y = ops.matmul(x, kernel)
     if bias is not None:
         y = y + bias
@@ -76,11 +75,10 @@ def matmul(x, kernel):
 
 def add_activation(terms, activation=None):
     """`activation(sum(terms))`, the terms broadcast against each other."""
-    module = _backend_module()
-    if module is not None:
-        out = module.add_activation(terms, activation)
-        if out is not None:
-            return out
+    fast = _fast("add_activation")
+    out = None if fast is None else fast(terms, activation)
+    if out is not None:
+        return out
     total = terms[0]
     for term in terms[1:]:
         total = total + term
@@ -88,7 +86,7 @@ def add_activation(terms, activation=None):
 
 
 def _fast(name):
-    # A backend's fused-ops module may lack the newer entries.
+    # A backend's fused-ops module offers only the entries it speeds up.
     module = _backend_module()
     return None if module is None else getattr(module, name, None)
 
@@ -157,9 +155,8 @@ def constant(array, dtype, cache):
     tensors on a device between calls stores the converted tensor there, so
     a constant is copied to the device once, not on every call.
     """
-    module = _backend_module()
-    if module is not None:
-        out = module.constant(array, dtype, cache)
-        if out is not None:
-            return out
+    fast = _fast("constant")
+    out = None if fast is None else fast(array, dtype, cache)
+    if out is not None:
+        return out
     return ops.cast(ops.convert_to_tensor(array), dtype)
